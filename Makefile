@@ -1,0 +1,37 @@
+# The operator: build, test, benchmark, demo.
+# Every target that needs real hosts installs what it needs first.
+
+GO       ?= go
+PKGS     := ./...
+FUZZTIME ?= 10s
+
+.PHONY: all build test bench demo lint deps clean
+
+all: build
+
+build:
+	$(GO) build -o bin/operator ./cmd/operator
+
+deps:
+	@bash scripts/install-deps.sh
+
+# The whole suite: unit tests, integration tests on real hosts (network
+# namespaces with sshd, a real Elixir cluster, HAProxy, git), then a short
+# fuzzing run of the manifest parser.
+test: deps lint
+	$(GO) test -count=1 -timeout 40m $(PKGS)
+	$(GO) test -run=NONE -fuzz=FuzzParse -fuzztime=$(FUZZTIME) ./manifests/
+
+bench: deps
+	$(GO) test -run=NONE -bench=. -benchtime=1x -timeout 60m $(PKGS)
+
+demo: deps build
+	$(GO) run ./examples/demo
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	  if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	$(GO) vet $(PKGS)
+
+clean:
+	rm -rf bin
