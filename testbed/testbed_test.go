@@ -98,3 +98,34 @@ func TestSweepRemovesLeftovers(t *testing.T) {
 		t.Fatalf("Sweep left bridge %s: %s", b.Bridge, out)
 	}
 }
+
+func TestHAProxyRuntimeSocket(t *testing.T) {
+	b := Start(t, "lb")
+	ctx := t.Context()
+	lb := b.Host("lb")
+	if err := lb.StartHAProxy(ctx, "chat", []Backend{
+		// Only our own addresses: nothing listens there, so both are DOWN.
+		{Name: "n1", Addr: lb.Addr.String() + ":4000"},
+		{Name: "n2", Addr: lb.Addr.String() + ":4001"},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := lb.HAProxy(ctx, "set server chat/n1 state drain"); err != nil {
+		t.Fatal(err)
+	}
+	out, err := lb.HAProxy(ctx, "show servers state chat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Columns: be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state ...
+	admin := map[string]string{}
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		if len(f) > 6 && f[1] == "chat" {
+			admin[f[3]] = f[6]
+		}
+	}
+	if admin["n1"] != "8" || admin["n2"] != "0" {
+		t.Fatalf("srv_admin_state: got n1=%q n2=%q, want 8 (drain) and 0:\n%s", admin["n1"], admin["n2"], out)
+	}
+}

@@ -1,0 +1,61 @@
+package testbed
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// HAProxySocket is where StartHAProxy puts the runtime API socket on the
+// load-balancer host: the path PRODUCT.md's example uses.
+const HAProxySocket = "/run/haproxy/admin.sock"
+
+// Backend is one server of an HAProxy backend.
+type Backend struct {
+	Name string // server name in HAProxy: the host's name in the manifest
+	Addr string // host:port it forwards to
+}
+
+// StartHAProxy runs Debian's HAProxy on h with one HTTP frontend on port 80
+// and one backend named backend whose servers are health-checked on
+// /health, with the admin socket at HAProxySocket. HAProxy daemonizes inside
+// the host; the bed's teardown stops it with everything else there.
+func (h *Host) StartHAProxy(ctx context.Context, backend string, servers []Backend) error {
+	var sb strings.Builder
+	fmt.Fprintf(&sb, `global
+    stats socket %s mode 600 level admin
+    pidfile /run/haproxy.pid
+    daemon
+
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+
+frontend www
+    bind %s:80
+    default_backend %s
+
+backend %s
+    option httpchk GET /health
+`, HAProxySocket, h.Addr, backend, backend)
+	for _, s := range servers {
+		fmt.Fprintf(&sb, "    server %s %s check inter 1s fall 2 rise 2\n", s.Name, s.Addr)
+	}
+	cfg := filepath.Join(h.Dir, "haproxy.cfg")
+	if err := os.WriteFile(cfg, []byte(sb.String()), 0o600); err != nil {
+		return err
+	}
+	_, err := h.Sh(ctx, "mkdir -p /run/haproxy && haproxy -c -q -f "+shellQuote(cfg)+" && haproxy -f "+shellQuote(cfg))
+	return err
+}
+
+// HAProxy sends one command to the runtime API of the HAProxy that
+// StartHAProxy started on h, without SSH, and returns its answer: for tests
+// that read back what the operator did through the socket.
+func (h *Host) HAProxy(ctx context.Context, command string) (string, error) {
+	return h.Sh(ctx, "echo "+shellQuote(command)+" | socat stdio unix-connect:"+HAProxySocket)
+}
