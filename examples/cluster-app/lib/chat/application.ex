@@ -1,0 +1,21 @@
+defmodule Chat.Application do
+  @moduledoc false
+  use Application
+
+  @impl true
+  def start(_type, _args) do
+    children = [
+      Chat.Cluster,
+      {Chat.HTTP, port: port()}
+    ]
+
+    Supervisor.start_link(children, strategy: :one_for_one, name: Chat.Supervisor)
+  end
+
+  defp port do
+    case Integer.parse(System.get_env("PORT", "4000")) do
+      {port, ""} when port in 1..65535 -> port
+      _ -> raise ArgumentError, "PORT must be a TCP port number, got: #{System.get_env("PORT")}"
+    end
+  end
+end
