@@ -1,0 +1,263 @@
+// Package gitsrc is the app repository as the operator sees it: a local bare
+// mirror of the tracked branch kept in state_dir, the branch head asked of
+// the remote cheaply, files read at a commit without a work tree, and
+// content fingerprints of the files a build step depends on.
+package gitsrc
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path"
+	"sort"
+	"strings"
+	"sync"
+
+	"github.com/go-git/go-git/v5"
+	"github.com/go-git/go-git/v5/config"
+	"github.com/go-git/go-git/v5/plumbing"
+	"github.com/go-git/go-git/v5/plumbing/object"
+	"github.com/go-git/go-git/v5/plumbing/transport"
+	"github.com/go-git/go-git/v5/storage/memory"
+)
+
+// remoteName is the mirror's only remote.
+const remoteName = "origin"
+
+// Mirror is a bare repository holding the tracked branch of the app repo,
+// fetched incrementally: single branch, no tags, never shallow (go-git
+// cannot fetch incrementally into a shallow clone, go-git#305).
+type Mirror struct {
+	url    string
+	branch string
+	dir    string
+	auth   transport.AuthMethod
+
+	mu   sync.Mutex // one fetch at a time
+	repo *git.Repository
+}
+
+// Options configures a Mirror.
+type Options struct {
+	URL    string               // the app repo: a local path, file://, https:// or ssh URL
+	Branch string               // the tracked branch, e.g. main
+	Dir    string               // where the bare mirror lives (made when missing)
+	Auth   transport.AuthMethod // nil for local and public repositories
+}
+
+// Open opens the mirror at opts.Dir, creating an empty one when missing. It
+// does not touch the network: Fetch does.
+func Open(opts Options) (*Mirror, error) {
+	if opts.URL == "" || opts.Branch == "" || opts.Dir == "" {
+		return nil, errors.New("gitsrc: mirror needs a URL, a branch and a directory")
+	}
+	if !plumbing.NewBranchReferenceName(opts.Branch).IsBranch() || strings.ContainsAny(opts.Branch, " ~^:?*[\\") {
+		return nil, fmt.Errorf("gitsrc: %q is not a branch name", opts.Branch)
+	}
+	m := &Mirror{url: opts.URL, branch: opts.Branch, dir: opts.Dir, auth: opts.Auth}
+	repo, err := git.PlainOpen(opts.Dir)
+	if errors.Is(err, git.ErrRepositoryNotExists) {
+		if err := os.MkdirAll(opts.Dir, 0o755); err != nil {
+			return nil, fmt.Errorf("gitsrc: mirror %s: %w", opts.Dir, err)
+		}
+		repo, err = git.PlainInit(opts.Dir, true)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("gitsrc: open mirror %s: %w", opts.Dir, err)
+	}
+	cfg := &config.RemoteConfig{
+		Name: remoteName,
+		URLs: []string{opts.URL},
+		// The branch lands on refs/heads/<branch> of the mirror itself, so
+		// the mirror's own head moves with each fetch; a bare single-branch
+		// clone's default refspec never would.
+		Fetch: []config.RefSpec{m.refSpec()},
+	}
+	if r, err := repo.Remote(remoteName); err == nil {
+		if r.Config().URLs[0] != opts.URL {
+			return nil, fmt.Errorf("gitsrc: mirror %s follows %s, not %s: remove it or use another state_dir", opts.Dir, r.Config().URLs[0], opts.URL)
+		}
+	} else if _, err := repo.CreateRemote(cfg); err != nil {
+		return nil, fmt.Errorf("gitsrc: mirror %s: %w", opts.Dir, err)
+	}
+	m.repo = repo
+	return m, nil
+}
+
+func (m *Mirror) ref() plumbing.ReferenceName { return plumbing.NewBranchReferenceName(m.branch) }
+
+func (m *Mirror) refSpec() config.RefSpec {
+	return config.RefSpec("+" + m.ref().String() + ":" + m.ref().String())
+}
+
+// Branch is the tracked branch.
+func (m *Mirror) Branch() string { return m.branch }
+
+// Dir is the mirror's bare repository.
+func (m *Mirror) Dir() string { return m.dir }
+
+// Repository is the mirror's repository, for pushing its objects onwards.
+func (m *Mirror) Repository() *git.Repository { return m.repo }
+
+// RemoteHead asks the remote for the branch head without fetching anything:
+// an ls-remote, about a millisecond for a local repository.
+func (m *Mirror) RemoteHead(ctx context.Context) (string, error) {
+	remote := git.NewRemote(memory.NewStorage(), &config.RemoteConfig{Name: remoteName, URLs: []string{m.url}})
+	refs, err := remote.ListContext(ctx, &git.ListOptions{Auth: m.auth})
+	if err != nil {
+		return "", fmt.Errorf("gitsrc: ls-remote %s: %w", m.url, err)
+	}
+	for _, r := range refs {
+		if r.Name() == m.ref() {
+			return r.Hash().String(), nil
+		}
+	}
+	return "", fmt.Errorf("gitsrc: %s has no branch %s", m.url, m.branch)
+}
+
+// LocalHead is the branch head the mirror holds, or "" before the first
+// fetch.
+func (m *Mirror) LocalHead() string {
+	r, err := m.repo.Reference(m.ref(), true)
+	if err != nil {
+		return ""
+	}
+	return r.Hash().String()
+}
+
+// Fetch brings the mirror up to the remote's branch head and returns it. It
+// asks the remote first and fetches only when the head moved, so an idle
+// poll costs one ls-remote.
+func (m *Mirror) Fetch(ctx context.Context) (string, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	head, err := m.RemoteHead(ctx)
+	if err != nil {
+		return "", err
+	}
+	if head == m.LocalHead() {
+		return head, nil
+	}
+	err = m.repo.FetchContext(ctx, &git.FetchOptions{
+		RemoteName: remoteName,
+		RefSpecs:   []config.RefSpec{m.refSpec()},
+		Tags:       git.NoTags,
+		Auth:       m.auth,
+		Force:      true,
+	})
+	if err != nil && !errors.Is(err, git.NoErrAlreadyUpToDate) {
+		return "", fmt.Errorf("gitsrc: fetch %s from %s: %w", m.branch, m.url, err)
+	}
+	return m.LocalHead(), nil
+}
+
+// Commit is what the operator shows of a commit.
+type Commit struct {
+	SHA     string
+	Subject string // first line of the message
+	Author  string
+}
+
+// Commit looks sha up in the mirror.
+func (m *Mirror) Commit(sha string) (Commit, error) {
+	c, err := m.commit(sha)
+	if err != nil {
+		return Commit{}, err
+	}
+	subject, _, _ := strings.Cut(c.Message, "\n")
+	return Commit{SHA: c.Hash.String(), Subject: subject, Author: c.Author.Name}, nil
+}
+
+func (m *Mirror) commit(sha string) (*object.Commit, error) {
+	if !plumbing.IsHash(sha) {
+		return nil, fmt.Errorf("gitsrc: %q is not a full commit SHA", sha)
+	}
+	c, err := m.repo.CommitObject(plumbing.NewHash(sha))
+	if err != nil {
+		return nil, fmt.Errorf("gitsrc: commit %s: %w", sha, err)
+	}
+	return c, nil
+}
+
+// ReadFile returns the file at name in commit sha.
+func (m *Mirror) ReadFile(sha, name string) ([]byte, error) {
+	c, err := m.commit(sha)
+	if err != nil {
+		return nil, err
+	}
+	f, err := c.File(name)
+	if err != nil {
+		return nil, fmt.Errorf("gitsrc: %s at %s: %w", name, sha[:12], err)
+	}
+	s, err := f.Contents()
+	if err != nil {
+		return nil, fmt.Errorf("gitsrc: %s at %s: %w", name, sha[:12], err)
+	}
+	return []byte(s), nil
+}
+
+// IsAncestor reports whether commit a is an ancestor of (or equal to) b.
+func (m *Mirror) IsAncestor(a, b string) (bool, error) {
+	ca, err := m.commit(a)
+	if err != nil {
+		return false, err
+	}
+	cb, err := m.commit(b)
+	if err != nil {
+		return false, err
+	}
+	if ca.Hash == cb.Hash {
+		return true, nil
+	}
+	return ca.IsAncestor(cb)
+}
+
+// Fingerprint is a digest of the content of every file of commit sha whose
+// path matches one of patterns (path.Match syntax; a pattern naming a
+// directory covers what is under it). A build step with when_changed runs
+// again only when its fingerprint differs from the one recorded at its last
+// success. The fingerprint comes from blob hashes in the tree, so it costs no
+// file reads and no round trip to the build host.
+func (m *Mirror) Fingerprint(sha string, patterns []string) (string, error) {
+	c, err := m.commit(sha)
+	if err != nil {
+		return "", err
+	}
+	tree, err := c.Tree()
+	if err != nil {
+		return "", fmt.Errorf("gitsrc: tree of %s: %w", sha, err)
+	}
+	var lines []string
+	err = tree.Files().ForEach(func(f *object.File) error {
+		for _, p := range patterns {
+			if matches(p, f.Name) {
+				lines = append(lines, f.Name+"\x00"+f.Hash.String()+"\x00"+f.Mode.String())
+				break
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return "", fmt.Errorf("gitsrc: files of %s: %w", sha, err)
+	}
+	sort.Strings(lines)
+	h := sha256.New()
+	for _, p := range patterns {
+		fmt.Fprintf(h, "pattern %s\n", p)
+	}
+	for _, l := range lines {
+		fmt.Fprintf(h, "%s\n", l)
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+func matches(pattern, name string) bool {
+	pattern = strings.TrimSuffix(strings.TrimPrefix(pattern, "./"), "/")
+	if ok, _ := path.Match(pattern, name); ok {
+		return true
+	}
+	return strings.HasPrefix(name, pattern+"/")
+}
