@@ -484,11 +484,14 @@ func listNamespaces(ctx context.Context) []string {
 	return names
 }
 
+// removeLink deletes a link; one already gone is fine, since the kernel
+// removes a deleted namespace's veth pair by itself, at a moment of its own.
 func removeLink(ctx context.Context, name string) error {
-	if err := exec.CommandContext(ctx, "ip", "link", "show", name).Run(); err != nil {
-		return nil // already gone
+	out, err := runCmd(ctx, exec.Command("ip", "link", "del", name))
+	if err != nil && !strings.Contains(out, "Cannot find device") {
+		return fmt.Errorf("ip link del %s: %w: %s", name, err, strings.TrimSpace(out))
 	}
-	return run(ctx, "ip", "link", "del", name).err
+	return nil
 }
 
 func validName(s string) bool {
