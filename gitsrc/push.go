@@ -21,11 +21,11 @@ import (
 	"github.com/go-git/go-git/v5/plumbing/transport/client"
 )
 
-// Starter starts a command on a remote host with its stdin and stdout piped:
-// one session of the operator's pooled SSH connection to the build host.
-// Pushing through it costs no new connection and no second trust path.
+// Starter starts a program (argv) on a remote host with its stdin and stdout
+// piped: one session of the operator's pooled SSH connection to the build
+// host. Pushing through it costs no new connection and no second trust path.
 type Starter interface {
-	Start(ctx context.Context, command string) (Process, error)
+	Start(ctx context.Context, argv ...string) (Process, error)
 }
 
 // Process is a command started by a Starter.
@@ -37,11 +37,6 @@ type Process interface {
 	Wait() error
 }
 
-// Quoter quotes one argument for the remote POSIX shell. The hosts package
-// owns the project's only quoting code; Push takes it from the caller rather
-// than write its own.
-type Quoter func(string) string
-
 // DeployRef is the ref of the build host's bare repository that Push moves
 // to the commit being built.
 const DeployRef = "refs/heads/deploy"
@@ -51,11 +46,11 @@ const DeployRef = "refs/heads/deploy"
 // at it: an incremental push over the operator's own SSH session, as
 // edeliver pushes, but never a fresh clone. bareDir must exist (git init
 // --bare). A push of a commit the build host already has sends no objects.
-func (m *Mirror) Push(ctx context.Context, to Starter, quote Quoter, bareDir, sha string) error {
+func (m *Mirror) Push(ctx context.Context, to Starter, bareDir, sha string) error {
 	if !plumbing.IsHash(sha) {
 		return fmt.Errorf("gitsrc: push %q: not a full commit SHA", sha)
 	}
-	token := starters.add(to, quote)
+	token := starters.add(to)
 	defer starters.remove(token)
 	remote := git.NewRemote(m.repo.Storer, &config.RemoteConfig{
 		Name: "build",
@@ -82,24 +77,19 @@ var installOnce sync.Once
 
 type starterTable struct {
 	mu sync.Mutex
-	m  map[string]registered
+	m  map[string]Starter
 }
 
-type registered struct {
-	starter Starter
-	quote   Quoter
-}
+var starters = &starterTable{m: map[string]Starter{}}
 
-var starters = &starterTable{m: map[string]registered{}}
-
-func (t *starterTable) add(s Starter, q Quoter) string {
+func (t *starterTable) add(s Starter) string {
 	installOnce.Do(func() { client.InstallProtocol(protocol, sessionTransport{}) })
 	b := make([]byte, 8)
 	rand.Read(b)
 	token := "s" + hex.EncodeToString(b)
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.m[token] = registered{s, q}
+	t.m[token] = s
 	return token
 }
 
@@ -109,7 +99,7 @@ func (t *starterTable) remove(token string) {
 	delete(t.m, token)
 }
 
-func (t *starterTable) get(token string) (registered, bool) {
+func (t *starterTable) get(token string) (Starter, bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	r, ok := t.m[token]
@@ -125,18 +115,18 @@ func (sessionTransport) NewUploadPackSession(*transport.Endpoint, transport.Auth
 }
 
 func (sessionTransport) NewReceivePackSession(ep *transport.Endpoint, _ transport.AuthMethod) (transport.ReceivePackSession, error) {
-	r, ok := starters.get(ep.Host)
+	s, ok := starters.get(ep.Host)
 	if !ok {
 		return nil, fmt.Errorf("gitsrc: no session for %s", ep.Host)
 	}
-	return &receivePack{starter: r.starter, command: "git-receive-pack " + r.quote(ep.Path)}, nil
+	return &receivePack{starter: s, argv: []string{"git-receive-pack", ep.Path}}, nil
 }
 
 // receivePack is the client side of git-receive-pack over one process, as
 // go-git's own ssh transport speaks it.
 type receivePack struct {
 	starter Starter
-	command string
+	argv    []string
 	proc    Process
 	adv     *packp.AdvRefs
 	done    bool
@@ -151,7 +141,7 @@ func (s *receivePack) AdvertisedReferencesContext(ctx context.Context) (*packp.A
 		return s.adv, nil
 	}
 	if s.proc == nil {
-		p, err := s.starter.Start(ctx, s.command)
+		p, err := s.starter.Start(ctx, s.argv...)
 		if err != nil {
 			return nil, err
 		}

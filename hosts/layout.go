@@ -1,0 +1,396 @@
+package hosts
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"path"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Layout builds the commands that manage the release layout under one
+// deploy_to (PRODUCT.md §3):
+//
+//	<deploy_to>/releases/<sha>   one unpacked release per commit
+//	<deploy_to>/current          symlink to the live release
+//	<deploy_to>/shared/          files every release links to
+//
+// Builders only return Cmd values; a Pool runs them. Every path and name is
+// passed to a constant script as a positional parameter, never spliced into
+// shell code, and every builder refuses a name that could leave the layout.
+type Layout struct {
+	// DeployTo is the absolute directory of the app on the host. It must be
+	// absolute because symlinks (current, shared links) hold it.
+	DeployTo string
+}
+
+// Release is one release directory found on a host.
+type Release struct {
+	// Name is the directory's name under releases/: the commit SHA.
+	Name string
+	// Modified is the directory's modification time. Unpacking sets it and
+	// Switch refreshes it, so the newest is the last staged or switched to.
+	Modified time.Time
+}
+
+func (l Layout) root() (string, error) {
+	if !path.IsAbs(l.DeployTo) {
+		return "", fmt.Errorf("deploy_to %q is not an absolute path", l.DeployTo)
+	}
+	if strings.ContainsAny(l.DeployTo, "\x00") {
+		return "", fmt.Errorf("deploy_to %q holds a NUL byte", l.DeployTo)
+	}
+	return path.Clean(l.DeployTo), nil
+}
+
+// Releases returns the directory that holds every release.
+func (l Layout) Releases() string { return path.Join(path.Clean(l.DeployTo), "releases") }
+
+// ReleaseDir returns the directory of release name.
+func (l Layout) ReleaseDir(name string) string { return path.Join(l.Releases(), name) }
+
+// Tarball returns where the artifact of release name is staged before it is
+// unpacked: beside the release directories, which ListReleases and the
+// release count ignore (it is a file) and Prune removes with its release.
+func (l Layout) Tarball(name string) string { return l.ReleaseDir(name) + ".tar.gz" }
+
+// Current returns the path of the symlink to the live release.
+func (l Layout) Current() string { return path.Join(path.Clean(l.DeployTo), "current") }
+
+// Shared returns the directory that release links point into.
+func (l Layout) Shared() string { return path.Join(path.Clean(l.DeployTo), "shared") }
+
+// validRelease refuses a release name that is not one path component, or is
+// hidden: hidden names under releases/ are this package's temporaries.
+func validRelease(name string) error {
+	switch {
+	case name == "":
+		return errors.New("release name is empty")
+	case name == "." || name == "..", strings.HasPrefix(name, "."):
+		return fmt.Errorf("release name %q starts with a dot", name)
+	case strings.ContainsAny(name, "/\n\x00"):
+		return fmt.Errorf("release name %q holds a slash, newline or NUL", name)
+	}
+	return nil
+}
+
+// relPath cleans p and refuses it unless it stays inside the directory it is
+// relative to: a manifest path must never reach outside a release.
+func relPath(p string) (string, error) {
+	if strings.IndexByte(p, 0) >= 0 {
+		return "", fmt.Errorf("path %q holds a NUL byte", p)
+	}
+	if path.IsAbs(p) {
+		return "", fmt.Errorf("path %q is absolute, want one relative to the release", p)
+	}
+	c := path.Clean(p)
+	if c == "." || c == ".." || strings.HasPrefix(c, "../") {
+		return "", fmt.Errorf("path %q leaves the release directory", p)
+	}
+	return c, nil
+}
+
+// script makes the Cmd that runs one of this package's constant scripts with
+// args as its positional parameters ($1...): the data never becomes code.
+func script(s string, args ...string) Cmd {
+	return Cmd{Args: append([]string{"sh", "-c", s, "sh"}, args...)}
+}
+
+// named is script with a Label: the builder's name and its parameters say
+// more in a log or an error than the script's text does.
+func named(name, s string, args ...string) Cmd {
+	c := script(s, args...)
+	var b strings.Builder
+	b.WriteString(name)
+	for _, a := range args {
+		b.WriteString(" ")
+		b.WriteString(Quote(a))
+	}
+	c.Label = b.String()
+	return c
+}
+
+// Prepare makes releases/ and shared/, so the later steps can assume them.
+func (l Layout) Prepare() (Cmd, error) {
+	if _, err := l.root(); err != nil {
+		return Cmd{}, err
+	}
+	return Cmd{Args: []string{"mkdir", "-p", "--", l.Releases(), l.Shared()}}, nil
+}
+
+const unpackScript = `set -e
+if [ -d "$1" ]; then exit 0; fi
+tmp=$(mktemp -d "${1%/*}/.${1##*/}.unpack.XXXXXX")
+cleanup() { rm -rf -- "$tmp"; }
+trap cleanup EXIT
+trap "exit 143" TERM HUP INT
+tar -xzf - -C "$tmp" <"$2"
+chmod 755 "$tmp"
+mv -T -- "$tmp" "$1"
+trap - EXIT`
+
+// Unpack unpacks the gzipped tarball at path tarball (on the host) as release
+// name. It unpacks into a hidden temporary directory beside the release and
+// renames it into place, so a release directory is never half-unpacked; an
+// existing release directory is left as it is, so staging can be repeated.
+// The tarball is read from stdin of tar, so no name of it is taken for an
+// option or a remote archive (GNU tar's host:path).
+func (l Layout) Unpack(name, tarball string) (Cmd, error) {
+	if _, err := l.root(); err != nil {
+		return Cmd{}, err
+	}
+	if err := validRelease(name); err != nil {
+		return Cmd{}, err
+	}
+	return named("unpack", unpackScript, l.ReleaseDir(name), localPath(tarball)), nil
+}
+
+const linkScript = `set -e
+rel=$1 shared=$2
+shift 2
+for p in "$@"; do
+  if [ ! -e "$shared/$p" ]; then
+    printf "%s\n" "missing $shared/$p" >&2
+    exit 1
+  fi
+  d=$rel/$p
+  mkdir -p -- "${d%/*}"
+  rm -rf -- "$d"
+  ln -s -- "$shared/$p" "$d"
+done`
+
+// LinkShared makes <release>/<p> a symlink to <deploy_to>/shared/<p> for
+// every p of paths, making parent directories and replacing whatever the
+// tarball had there. A shared file that does not exist stops it with an
+// error naming it: a release without its cookie or secrets must not start.
+func (l Layout) LinkShared(name string, paths []string) (Cmd, error) {
+	if _, err := l.root(); err != nil {
+		return Cmd{}, err
+	}
+	if err := validRelease(name); err != nil {
+		return Cmd{}, err
+	}
+	args := []string{l.ReleaseDir(name), l.Shared()}
+	for _, p := range paths {
+		c, err := relPath(p)
+		if err != nil {
+			return Cmd{}, fmt.Errorf("link %w", err)
+		}
+		args = append(args, c)
+	}
+	return named("link-shared", linkScript, args...), nil
+}
+
+const writeScript = `set -e
+d=${1%/*}
+mkdir -p -- "$d"
+tmp=$(mktemp "$d/.${1##*/}.XXXXXX")
+cleanup() { rm -f -- "$tmp"; }
+trap cleanup EXIT
+trap "exit 143" TERM HUP INT
+cat >"$tmp"
+sum=$(sha256sum <"$tmp")
+sum=${sum%% *}
+if [ "$sum" != "$3" ]; then
+  printf "%s\n" "received bytes have sha256 $sum, want $3" >&2
+  exit 1
+fi
+chmod "$2" "$tmp"
+mv -fT -- "$tmp" "$1"
+trap - EXIT`
+
+// WriteFile returns the command that writes its stdin to path with mode,
+// when the bytes received hash to sum (hex SHA-256): into a hidden
+// temporary file beside path, checked, then renamed over it. Readers see the
+// old file or the new one, never a part, and a stream cut short (the end of
+// stdin is all the remote side learns) never takes the name. Parent
+// directories are made.
+func WriteFile(path string, mode fs.FileMode, sum string) Cmd {
+	return named("write-file", writeScript, fileArg(path), fmt.Sprintf("%04o", mode.Perm()), sum)
+}
+
+// fileArg keeps a slash in path, which the scripts split at to find the
+// directory.
+func fileArg(p string) string {
+	if strings.Contains(p, "/") {
+		return localPath(p)
+	}
+	return "./" + p
+}
+
+// WriteFile returns the command that writes its stdin to rel, a path
+// relative to release name (a rendered per-node file), as the package-level
+// WriteFile does.
+func (l Layout) WriteFile(name, rel string, mode fs.FileMode, sum string) (Cmd, error) {
+	if _, err := l.root(); err != nil {
+		return Cmd{}, err
+	}
+	if err := validRelease(name); err != nil {
+		return Cmd{}, err
+	}
+	c, err := relPath(rel)
+	if err != nil {
+		return Cmd{}, fmt.Errorf("file %w", err)
+	}
+	return WriteFile(path.Join(l.ReleaseDir(name), c), mode, sum), nil
+}
+
+const sumScript = `if [ -e "$1" ]; then
+  sum=$(sha256sum <"$1") || exit 1
+  printf "%s\n" "${sum%% *}"
+fi`
+
+// Sum returns the command that prints the hex SHA-256 of the file at path,
+// or nothing when there is no file there.
+func Sum(path string) Cmd { return named("sha256", sumScript, fileArg(path)) }
+
+const switchScript = `set -e
+if [ ! -d "$2" ]; then
+  printf "%s\n" "$2 is not staged" >&2
+  exit 1
+fi
+touch -c -- "$2"
+tmp=$1/.current.$$
+ln -sfn -- "$2" "$tmp"
+mv -fT -- "$tmp" "$1/current"`
+
+// Switch points current at release name in one rename (a symlink made under
+// a temporary name, then moved over current), so current always names a
+// whole release. It refuses a release that is not staged, and touches the
+// release so ListReleases orders it as the newest.
+func (l Layout) Switch(name string) (Cmd, error) {
+	root, err := l.root()
+	if err != nil {
+		return Cmd{}, err
+	}
+	if err := validRelease(name); err != nil {
+		return Cmd{}, err
+	}
+	return named("switch", switchScript, root, l.ReleaseDir(name)), nil
+}
+
+const readCurrentScript = `if [ -L "$1" ]; then
+  readlink -- "$1"
+elif [ -e "$1" ]; then
+  printf "%s\n" "$1 is not a symlink" >&2
+  exit 1
+fi`
+
+// ReadCurrent returns the command that prints where current points, or
+// nothing when there is no current (a host never deployed to). Its output
+// goes to ParseCurrent.
+func (l Layout) ReadCurrent() (Cmd, error) {
+	if _, err := l.root(); err != nil {
+		return Cmd{}, err
+	}
+	return named("read-current", readCurrentScript, l.Current()), nil
+}
+
+// ParseCurrent reads ReadCurrent's output as the name of the live release,
+// "" when there is none. A current that points outside releases/ (changed by
+// hand) is an error: the host is not in a state the operator understands.
+func (l Layout) ParseCurrent(out []byte) (string, error) {
+	target := strings.TrimSuffix(string(out), "\n")
+	if target == "" {
+		return "", nil
+	}
+	dir, name := path.Split(strings.TrimRight(target, "/"))
+	dir = strings.TrimSuffix(dir, "/")
+	if dir != l.Releases() && dir != "releases" {
+		return "", fmt.Errorf("%s points at %q, outside %s", l.Current(), target, l.Releases())
+	}
+	if err := validRelease(name); err != nil {
+		return "", fmt.Errorf("%s points at %q: %w", l.Current(), target, err)
+	}
+	return name, nil
+}
+
+const listScript = `set -e
+if [ ! -d "$1" ]; then exit 0; fi
+cd -P -- "$1"
+for d in *; do
+  if [ -d "$d" ] && [ ! -L "$d" ]; then
+    stat -c "%Y %n" -- "$d"
+  fi
+done`
+
+// ListReleases returns the command that prints every release directory with
+// its modification time; its output goes to ParseReleases.
+func (l Layout) ListReleases() (Cmd, error) {
+	if _, err := l.root(); err != nil {
+		return Cmd{}, err
+	}
+	return named("list-releases", listScript, l.Releases()), nil
+}
+
+// ParseReleases reads ListReleases' output, newest first (then by name, so
+// the order is total).
+func ParseReleases(out []byte) ([]Release, error) {
+	var rs []Release
+	for line := range strings.SplitSeq(strings.TrimSuffix(string(out), "\n"), "\n") {
+		if line == "" {
+			continue
+		}
+		secs, name, ok := strings.Cut(line, " ")
+		n, err := strconv.ParseInt(secs, 10, 64)
+		if !ok || err != nil || name == "" {
+			return nil, fmt.Errorf("release listing line %q: want <unix time> <name>", line)
+		}
+		rs = append(rs, Release{Name: name, Modified: time.Unix(n, 0)})
+	}
+	slices.SortFunc(rs, func(a, b Release) int {
+		if c := b.Modified.Compare(a.Modified); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Name, b.Name)
+	})
+	return rs, nil
+}
+
+const pruneScript = `if [ ! -d "$1" ]; then exit 0; fi
+cd -P -- "$1" || exit 1
+cur=$(readlink -- "$2" 2>/dev/null) || cur=
+cur=${cur%/}
+cur=${cur##*/}
+shift 2
+status=0
+for d in * .[!.]* ..?*; do
+  if [ ! -e "$d" ] && [ ! -L "$d" ]; then continue; fi
+  if [ "$d" = "$cur" ]; then continue; fi
+  for k in "$@"; do
+    if [ "$d" = "$k" ]; then continue 2; fi
+  done
+  if rm -rf -- "$d"; then printf "%s\n" "$d"; else status=1; fi
+done
+exit $status`
+
+// Prune removes everything under releases/ but the releases named in keep
+// (computed by the caller from ListReleases: keep_releases, the current and
+// the previous one) and their tarballs; leftovers of interrupted unpacks go
+// too. Whatever current points at is kept even when keep forgets it. It
+// prints each name it removed. It must not run while a release is being
+// staged on the host (one deploy per environment at a time ensures that).
+func (l Layout) Prune(keep []string) (Cmd, error) {
+	if _, err := l.root(); err != nil {
+		return Cmd{}, err
+	}
+	args := []string{l.Releases(), l.Current()}
+	for _, k := range keep {
+		if err := validRelease(k); err != nil {
+			return Cmd{}, fmt.Errorf("keep %w", err)
+		}
+		args = append(args, k, k+".tar.gz")
+	}
+	return named("prune", pruneScript, args...), nil
+}
+
+// ShellCmd returns the command that runs line, a release command of the
+// manifest (such as `bin/chat eval 'Chat.Release.migrate()'`), through sh in
+// dir with env. line is the user's own shell code and runs as such; dir and
+// env are data, quoted like every other value.
+func ShellCmd(dir, line string, env map[string]string) Cmd {
+	return Cmd{Args: []string{"sh", "-c", line}, Env: env, Dir: dir}
+}

@@ -1,0 +1,144 @@
+package hosts
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+// sh renders what a builder's script command must look like; the scripts
+// hold no single quote (TestScriptsHoldNoSingleQuote), so quoting them is
+// wrapping them, and each want below spells its data arguments out by hand.
+func sh(script, quotedArgs string) string {
+	return "exec 'sh' '-c' '" + script + "' 'sh' " + quotedArgs
+}
+
+func TestScriptsHoldNoSingleQuote(t *testing.T) {
+	for name, s := range map[string]string{
+		"unpack": unpackScript, "link": linkScript, "write": writeScript, "sum": sumScript,
+		"switch": switchScript, "readCurrent": readCurrentScript, "list": listScript, "prune": pruneScript,
+	} {
+		if strings.Contains(s, "'") {
+			t.Errorf("%s script holds a single quote", name)
+		}
+	}
+}
+
+func TestLayoutBuilders(t *testing.T) {
+	plain := Layout{DeployTo: "/srv/chat"}
+	// A deploy_to with a space, a quote, a substitution, a newline, a
+	// backtick and a non-UTF-8 byte, and a trailing slash to clean.
+	evil := Layout{DeployTo: "/srv/it's $(x)\n`y`\xff/"}
+	const sha = "0123456789abcdef0123456789abcdef01234567"
+	const sum = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+	build := func(c Cmd, err error) func() (Cmd, error) { return func() (Cmd, error) { return c, err } }
+	tests := []struct {
+		name  string
+		build func() (Cmd, error)
+		want  string
+	}{
+		{"prepare", build(plain.Prepare()), `exec 'mkdir' '-p' '--' '/srv/chat/releases' '/srv/chat/shared'`},
+		{"prepare hostile", build(evil.Prepare()), "exec 'mkdir' '-p' '--' '/srv/it'\\''s $(x)\n`y`\xff/releases' '/srv/it'\\''s $(x)\n`y`\xff/shared'"},
+		{"unpack", build(plain.Unpack(sha, "/srv/chat/releases/"+sha+".tar.gz")),
+			sh(unpackScript, "'/srv/chat/releases/"+sha+"' '/srv/chat/releases/"+sha+".tar.gz'")},
+		{"unpack hostile release and relative tarball with a dash", build(evil.Unpack("-rf $(id)", "-x.tar.gz")),
+			sh(unpackScript, "'/srv/it'\\''s $(x)\n`y`\xff/releases/-rf $(id)' './-x.tar.gz'")},
+		{"link shared", build(plain.LinkShared(sha, []string{"releases/COOKIE", "config/prod.secret.exs"})),
+			sh(linkScript, "'/srv/chat/releases/"+sha+"' '/srv/chat/shared' 'releases/COOKIE' 'config/prod.secret.exs'")},
+		{"link shared hostile paths", build(plain.LinkShared(sha, []string{"-x", "a b/it's", "c/$(d)/`e`\n\xff", "./f//g/"})),
+			sh(linkScript, "'/srv/chat/releases/"+sha+"' '/srv/chat/shared' '-x' 'a b/it'\\''s' 'c/$(d)/`e`\n\xff' 'f/g'")},
+		{"write file", build(plain.WriteFile(sha, "releases/vm.args", 0o644, sum)),
+			sh(writeScript, "'/srv/chat/releases/"+sha+"/releases/vm.args' '0644' '"+sum+"'")},
+		{"write file hostile", build(evil.WriteFile(sha, "-a/it's\n", 0o600, sum)),
+			sh(writeScript, "'/srv/it'\\''s $(x)\n`y`\xff/releases/"+sha+"/-a/it'\\''s\n' '0600' '"+sum+"'")},
+		{"switch", build(plain.Switch(sha)), sh(switchScript, "'/srv/chat' '/srv/chat/releases/"+sha+"'")},
+		{"switch hostile", build(evil.Switch("`x` y")), sh(switchScript, "'/srv/it'\\''s $(x)\n`y`\xff' '/srv/it'\\''s $(x)\n`y`\xff/releases/`x` y'")},
+		{"read current", build(plain.ReadCurrent()), sh(readCurrentScript, "'/srv/chat/current'")},
+		{"list releases", build(plain.ListReleases()), sh(listScript, "'/srv/chat/releases'")},
+		{"prune", build(plain.Prune([]string{"a", "b"})),
+			sh(pruneScript, "'/srv/chat/releases' '/srv/chat/current' 'a' 'a.tar.gz' 'b' 'b.tar.gz'")},
+		{"prune hostile keep", build(plain.Prune([]string{"it's $(x)"})),
+			sh(pruneScript, "'/srv/chat/releases' '/srv/chat/current' 'it'\\''s $(x)' 'it'\\''s $(x).tar.gz'")},
+		{"write any file", build(WriteFile("-x/y", 0o640, sum), nil), sh(writeScript, "'./-x/y' '0640' '"+sum+"'")},
+		{"write any file without a slash", build(WriteFile("f", 0o640, sum), nil), sh(writeScript, "'./f' '0640' '"+sum+"'")},
+		{"sum", build(Sum("/srv/a b.tar.gz"), nil), sh(sumScript, "'/srv/a b.tar.gz'")},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := tt.build()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := c.String(); got != tt.want {
+				t.Errorf("got  %q\nwant %q", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestLayoutRefuses(t *testing.T) {
+	l := Layout{DeployTo: "/srv/chat"}
+	tests := []struct {
+		name  string
+		build func() (Cmd, error)
+		want  string
+	}{
+		{"relative deploy_to", func() (Cmd, error) { return Layout{DeployTo: "chat"}.Prepare() }, `deploy_to "chat" is not an absolute path`},
+		{"empty deploy_to", func() (Cmd, error) { return Layout{}.ReadCurrent() }, `deploy_to "" is not an absolute path`},
+		{"release with slash", func() (Cmd, error) { return l.Switch("abc/../../etc") }, "holds a slash"},
+		{"release dot-dot", func() (Cmd, error) { return l.Unpack("..", "/x") }, "starts with a dot"},
+		{"hidden release", func() (Cmd, error) { return l.Unpack(".abc", "/x") }, "starts with a dot"},
+		{"empty release", func() (Cmd, error) { return l.Switch("") }, "empty"},
+		{"link escaping", func() (Cmd, error) { return l.LinkShared("abc", []string{"a/../../x"}) }, "leaves the release"},
+		{"link absolute", func() (Cmd, error) { return l.LinkShared("abc", []string{"/etc/passwd"}) }, "is absolute"},
+		{"link dot", func() (Cmd, error) { return l.LinkShared("abc", []string{"a/.."}) }, "leaves the release"},
+		{"file escaping", func() (Cmd, error) { return l.WriteFile("abc", "../x", 0o644, "") }, "leaves the release"},
+		{"keep with slash", func() (Cmd, error) { return l.Prune([]string{"a/b"}) }, "holds a slash"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := tt.build()
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("got %v, want an error containing %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestParseCurrent(t *testing.T) {
+	l := Layout{DeployTo: "/srv/chat"}
+	tests := []struct {
+		out, want, err string
+	}{
+		{"", "", ""},
+		{"/srv/chat/releases/abc\n", "abc", ""},
+		{"releases/abc\n", "abc", ""},
+		{"/srv/chat/releases/abc/\n", "abc", ""},
+		{"/opt/other/abc\n", "", "outside /srv/chat/releases"},
+		{"/srv/chat/releases/.abc\n", "", "starts with a dot"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.out, func(t *testing.T) {
+			got, err := l.ParseCurrent([]byte(tt.out))
+			if got != tt.want || (err == nil) != (tt.err == "") || (err != nil && !strings.Contains(err.Error(), tt.err)) {
+				t.Errorf("got %q, %v; want %q, error containing %q", got, err, tt.want, tt.err)
+			}
+		})
+	}
+}
+
+func TestParseReleases(t *testing.T) {
+	got, err := ParseReleases([]byte("100 b\n300 a\n100 a b\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []Release{{"a", time.Unix(300, 0)}, {"a b", time.Unix(100, 0)}, {"b", time.Unix(100, 0)}}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("releases (-want +got):\n%s", diff)
+	}
+	if _, err := ParseReleases([]byte("garbage\n")); err == nil {
+		t.Error("a malformed line parsed")
+	}
+}

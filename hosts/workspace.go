@@ -1,0 +1,204 @@
+package hosts
+
+import (
+	"errors"
+	"fmt"
+	"path"
+	"regexp"
+	"strings"
+)
+
+// Workspace builds the commands that manage the build host's persistent
+// workspace (PRODUCT.md §3, step 2):
+//
+//	<dir>                        the work tree: a checkout of the commit being
+//	                             built; _build, deps, node_modules persist
+//	<dir>.operator/repo.git      bare repository the operator pushes to
+//	<dir>.operator/steps/<key>   content fingerprint of a step's inputs at its
+//	                             last success
+//	<dir>.operator/artifacts/<sha256>.tar.gz
+//	                             artifacts, content-addressed
+//	<dir>.operator/commits/<commit>
+//	                             the sha256 of the artifact built from commit
+//
+// The index of the checkout lives in the bare repository, so a checkout
+// rewrites only the files that changed and Mix recompiles only those.
+type Workspace struct {
+	// Dir is build.dir: absolute, or relative to the build user's home.
+	Dir string
+}
+
+func (w Workspace) dir() string   { return path.Clean(w.Dir) }
+func (w Workspace) state() string { return w.dir() + ".operator" }
+
+// Repo returns the bare repository that commits are pushed to.
+func (w Workspace) Repo() string { return w.state() + "/repo.git" }
+
+// ArtifactPath returns where the artifact with hex SHA-256 sum is kept.
+func (w Workspace) ArtifactPath(sum string) string {
+	return w.state() + "/artifacts/" + sum + ".tar.gz"
+}
+
+var (
+	commitRE = regexp.MustCompile(`^[0-9a-f]{40}([0-9a-f]{24})?$`)
+	sumRE    = regexp.MustCompile(`^[0-9a-f]{64}$`)
+	keyRE    = regexp.MustCompile(`^[0-9A-Za-z_-]{1,64}$`)
+)
+
+func (w Workspace) check() error {
+	if w.Dir == "" || strings.IndexByte(w.Dir, 0) >= 0 || strings.Contains(w.Dir, "\n") {
+		return fmt.Errorf("build dir %q is empty or holds a NUL or newline", w.Dir)
+	}
+	if c := w.dir(); c == "." || c == "/" || c == ".." || strings.HasPrefix(c, "../") {
+		return fmt.Errorf("build dir %q is not a directory of its own", w.Dir)
+	}
+	return nil
+}
+
+const prepareWorkspaceScript = `set -e
+mkdir -p -- "$1" "$2/steps" "$2/artifacts" "$2/commits"
+if [ ! -f "$2/repo.git/HEAD" ]; then
+  git init -q --bare -- "$2/repo.git"
+fi`
+
+// Prepare makes the work tree and the operator's state beside it, with an
+// empty bare repository the first time.
+func (w Workspace) Prepare() (Cmd, error) {
+	if err := w.check(); err != nil {
+		return Cmd{}, err
+	}
+	return script(prepareWorkspaceScript, localPath(w.dir()), localPath(w.state())), nil
+}
+
+// Checkout makes the work tree the commit's tree. Files the commit does not
+// change keep their mtimes; untracked build products stay.
+func (w Workspace) Checkout(commit string) (Cmd, error) {
+	if err := w.check(); err != nil {
+		return Cmd{}, err
+	}
+	if !commitRE.MatchString(commit) {
+		return Cmd{}, fmt.Errorf("checkout %q: not a full commit SHA", commit)
+	}
+	return Cmd{Args: []string{"git", "--git-dir=" + localPath(w.Repo()), "--work-tree=" + localPath(w.dir()),
+		"checkout", "-q", "-f", "--detach", commit}}, nil
+}
+
+const readStepsScript = `cd -- "$1" 2>/dev/null || exit 0
+for f in *; do
+  [ -f "$f" ] && printf "%s %s\n" "$f" "$(cat -- "$f")"
+done
+exit 0`
+
+// ReadSteps returns the command that prints "<key> <fingerprint>" for every
+// step recorded as succeeded; ParseSteps reads it.
+func (w Workspace) ReadSteps() (Cmd, error) {
+	if err := w.check(); err != nil {
+		return Cmd{}, err
+	}
+	return script(readStepsScript, localPath(w.state()+"/steps")), nil
+}
+
+// ParseSteps reads ReadSteps' output into key → fingerprint.
+func ParseSteps(out []byte) map[string]string {
+	steps := map[string]string{}
+	for line := range strings.SplitSeq(string(out), "\n") {
+		if k, v, ok := strings.Cut(line, " "); ok && keyRE.MatchString(k) {
+			steps[k] = v
+		}
+	}
+	return steps
+}
+
+const recordStepScript = `set -e
+tmp="$1.tmp.$$"
+printf "%s\n" "$2" >"$tmp"
+mv -f -- "$tmp" "$1"`
+
+// RecordStep records that the step with key succeeded with inputs of
+// fingerprint. An empty fingerprint forgets the step, so that it runs next
+// time (a step that failed after its inputs changed).
+func (w Workspace) RecordStep(key, fingerprint string) (Cmd, error) {
+	if err := w.check(); err != nil {
+		return Cmd{}, err
+	}
+	if !keyRE.MatchString(key) {
+		return Cmd{}, fmt.Errorf("step key %q: want letters, digits, _ or -", key)
+	}
+	p := localPath(w.state() + "/steps/" + key)
+	if fingerprint == "" {
+		return Cmd{Args: []string{"rm", "-f", "--", p}}, nil
+	}
+	if strings.ContainsAny(fingerprint, "\n\x00") {
+		return Cmd{}, errors.New("step fingerprint holds a newline or NUL")
+	}
+	return script(recordStepScript, p, fingerprint), nil
+}
+
+const lookupArtifactScript = `[ -f "$1/commits/$2" ] || exit 0
+sum=$(cat -- "$1/commits/$2")
+[ -f "$1/artifacts/$sum.tar.gz" ] && printf "%s\n" "$sum"
+exit 0`
+
+// LookupArtifact returns the command that prints the sha256 of the
+// artifact built from commit, or nothing when there is none to use.
+func (w Workspace) LookupArtifact(commit string) (Cmd, error) {
+	if err := w.check(); err != nil {
+		return Cmd{}, err
+	}
+	if !commitRE.MatchString(commit) {
+		return Cmd{}, fmt.Errorf("artifact of %q: not a full commit SHA", commit)
+	}
+	return script(lookupArtifactScript, localPath(w.state()), commit), nil
+}
+
+// ParseSum reads a command's output as one hex SHA-256, "" when empty.
+func ParseSum(out []byte) (string, error) {
+	s := strings.TrimSpace(string(out))
+	if s == "" || sumRE.MatchString(s) {
+		return s, nil
+	}
+	return "", fmt.Errorf("want a sha256, got %q", s)
+}
+
+const storeArtifactScript = `set -e
+state=$(cd -- "$1" && pwd -P)
+cd -- "$2"
+commit=$3 pattern=$4
+set -- $pattern
+n=$#
+if [ "$n" -eq 1 ] && [ ! -f "$1" ]; then n=0; fi
+if [ "$n" -ne 1 ]; then
+  printf "artifact: %s matches %s files, want exactly one\n" "$pattern" "$n" >&2
+  exit 1
+fi
+sum=$(sha256sum <"$1")
+sum=${sum%% *}
+dst="$state/artifacts/$sum.tar.gz"
+if [ ! -f "$dst" ]; then
+  cp -- "$1" "$dst.tmp.$$"
+  mv -f -- "$dst.tmp.$$" "$dst"
+fi
+printf "%s\n" "$sum" >"$state/commits/$commit.tmp.$$"
+mv -f -- "$state/commits/$commit.tmp.$$" "$state/commits/$commit"
+printf "%s\n" "$sum"`
+
+// StoreArtifact returns the command that finds the one file of the work
+// tree matching glob (build.artifact), keeps it under its sha256 and records
+// it as commit's artifact, printing the sha256. No match or several matches
+// is an error saying how many. The glob is the only word the remote shell
+// expands, inside the work tree; it must be a relative pattern of plain path
+// characters, so splitting and expansion can do nothing else with it.
+func (w Workspace) StoreArtifact(commit, glob string) (Cmd, error) {
+	if err := w.check(); err != nil {
+		return Cmd{}, err
+	}
+	if !commitRE.MatchString(commit) {
+		return Cmd{}, fmt.Errorf("store artifact of %q: not a full commit SHA", commit)
+	}
+	if _, err := path.Match(glob, ""); err != nil || !globRE.MatchString(glob) || path.IsAbs(glob) {
+		return Cmd{}, fmt.Errorf("artifact pattern %q: want a relative glob of plain path characters", glob)
+	}
+	return script(storeArtifactScript, localPath(w.state()), localPath(w.dir()), commit, glob), nil
+}
+
+var globRE = regexp.MustCompile(`^[A-Za-z0-9_.+@%,=:/*?\[\]-]+$`)
