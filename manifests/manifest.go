@@ -249,3 +249,19 @@ func (m *Manifest) TemplateData(env, host, commit string) (TemplateData, error) 
 		ReleaseDir: e.ReleaseDir(commit),
 	}, nil
 }
+
+// ReleaseEnv renders release.env for host of env running commit: the
+// environment every release command runs with there.
+func (m *Manifest) ReleaseEnv(env, host, commit string) (map[string]string, error) {
+	data, err := m.TemplateData(env, host, commit)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]string, len(m.Release.Env))
+	for k, v := range m.Release.Env {
+		if out[k], err = Render(v, data); err != nil {
+			return nil, fmt.Errorf("release.env.%s: %w", k, err)
+		}
+	}
+	return out, nil
+}

@@ -185,3 +185,25 @@ func TestRevisionShort(t *testing.T) {
 		}
 	}
 }
+
+func TestReleaseEnv(t *testing.T) {
+	data, err := os.ReadFile("testdata/valid/full.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := Parse("deploy.yaml", data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := m.ReleaseEnv("production", "lon", "abc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"RELEASE_NODE": "chat@10.0.2.11", "RELEASE_DISTRIBUTION": "name"}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Fatalf("ReleaseEnv (-want +got):\n%s", diff)
+	}
+	if _, err := m.ReleaseEnv("production", "nope", "abc"); err == nil {
+		t.Fatal("unknown host: no error")
+	}
+}

@@ -30,6 +30,12 @@ type command struct {
 
 // commands lists every subcommand, in the order usage shows them.
 var commands = []command{
+	{"sync", "reconcile now (--once: in this process, without a daemon)", runSync},
+	{"plan", "say what a sync would do, changing nothing", runPlan},
+	{"status", "show the desired commit, each node's commit and the last deploy", runStatus},
+	{"history", "list the deploys", runHistory},
+	{"logs", "print a deploy's log", runLogs},
+	{"hosts", "hosts check: SSH reachability, host keys, round trip, membership now", runHosts},
 	{"validate", "check a manifest without touching any host", runValidate},
 	{"version", "print the operator's version", runVersion},
 }

@@ -1,11 +1,8 @@
-// Command demo brings up a local demo of what the operator deploys to: a
-// build host, three nodes and an HAProxy host, each a network namespace with
-// its own sshd; it builds the example clustered app on the build host, runs
-// it on the three nodes behind HAProxy and shows the cluster. Run it as root
-// through `make demo`.
-//
-// Until the operator's deploy path lands, the build and install here are the
-// by-hand steps of the test bed (the edeliver way); the demo says so.
+// Command demo runs the operator's main job on a local demo: it brings up a
+// build host, three nodes and an HAProxy host (network namespaces, each with
+// its own sshd and host key), puts the example clustered app in a local git
+// repository, and has bin/operator deploy it: a first deploy, then a
+// one-line change, then `operator status`. Run it as root with `make demo`.
 package main
 
 import (
@@ -15,33 +12,35 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"slices"
 	"strings"
 	"syscall"
 	"time"
 
-	"github.com/clusterops/operator/manifests"
 	"github.com/clusterops/operator/testbed"
-	"golang.org/x/crypto/ssh"
 )
 
 func main() {
 	keep := flag.Bool("keep", false, "leave the hosts running until interrupted")
 	src := flag.String("app", "examples/cluster-app", "the example app's source tree")
+	operator := flag.String("operator", "bin/operator", "the operator binary")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, *src, *keep); err != nil {
+	if err := run(ctx, *src, *operator, *keep); err != nil {
 		fmt.Fprintln(os.Stderr, "demo:", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, src string, keep bool) error {
+func run(ctx context.Context, src, operator string, keep bool) error {
 	src, err := filepath.Abs(src)
 	if err != nil {
+		return err
+	}
+	if operator, err = filepath.Abs(operator); err != nil {
 		return err
 	}
 	dir, err := os.MkdirTemp("", "operator-demo-")
@@ -50,8 +49,8 @@ func run(ctx context.Context, src string, keep bool) error {
 	}
 	defer os.RemoveAll(dir)
 
-	step("bringing up 5 hosts (build, n1, n2, n3, lb): network namespaces, each with its own sshd")
-	bed, err := testbed.New(ctx, testbed.Options{Dir: dir, Hosts: []string{"build", "n1", "n2", "n3", "lb"}})
+	step("bringing up 5 hosts (build, n1, n2, n3, lb): network namespaces, each with its own sshd and host key")
+	bed, err := testbed.New(ctx, testbed.Options{Dir: filepath.Join(dir, "bed"), Hosts: []string{"build", "n1", "n2", "n3", "lb"}})
 	if err != nil {
 		return err
 	}
@@ -60,100 +59,87 @@ func run(ctx context.Context, src string, keep bool) error {
 		bed.Close()
 	}()
 	for _, h := range bed.Hosts() {
-		fmt.Printf("    %-6s %-15s host key %s…\n", h.Name, h.Addr, h.HostKey[:40])
+		fmt.Printf("    %-6s %-15s %s…\n", h.Name, h.Addr, h.HostKey[:40])
 	}
-	fmt.Printf("    ssh -F %s n1   reaches a host (while the demo runs)\n", filepath.Join(bed.Dir, "ssh_config"))
 
+	step("preparing them as an administrator would once: the cluster's cookie in /srv/chat/shared, HAProxy in front of the nodes")
+	var nodes []*testbed.Host
+	var backends []testbed.Backend
+	for _, n := range []string{"n1", "n2", "n3"} {
+		nodes = append(nodes, bed.Host(n))
+		backends = append(backends, testbed.Backend{Name: n, Addr: bed.Host(n).Addr.String() + ":4000"})
+	}
+	if err := testbed.SeedShared(ctx, nodes, "/srv/chat", "demo-cookie-not-a-secret"); err != nil {
+		return err
+	}
+	lb := bed.Host("lb")
+	if err := lb.StartHAProxy(ctx, "chat", backends); err != nil {
+		return err
+	}
+	// The build host has no route to the npm registry here; its npm installs
+	// from a cache this machine fills (see testbed.NPMCache).
 	if err := testbed.PrimeNPMCache(ctx, filepath.Join(src, "assets"), testbed.NPMCache); err != nil {
 		return err
 	}
 	if err := bed.Host("build").UseNPMCache(testbed.NPMCache); err != nil {
 		return err
 	}
-	nodes := []string{"n1", "n2", "n3"}
-	nodeName := func(h string) string { return "chat@" + bed.Host(h).Addr.String() }
-	clients := map[string]*ssh.Client{}
-	for _, h := range append([]string{"build"}, nodes...) {
-		c, err := bed.Host(h).Dial(ctx)
-		if err != nil {
-			return fmt.Errorf("ssh %s: %w", h, err)
-		}
-		defer c.Close()
-		clients[h] = c
-	}
 
-	m := &testbed.ByHand{App: "chat", Src: src, BuildDir: "/root/build/chat", DeployTo: "/srv/chat", Cookie: "demo-cookie-not-a-secret"}
-	commit := "0000000000000000000000000000000000demo01"
-	step("building the example app on the build host (mix release, npm bundle) over SSH")
-	start := time.Now()
-	if err := m.UploadSource(ctx, clients["build"]); err != nil {
-		return err
-	}
-	tarball, err := m.BuildRelease(ctx, clients["build"], commit)
+	step("putting the example app in a local git repository (its deploy.yaml pointed at these hosts)")
+	repo, err := testbed.NewAppRepo(ctx, bed, src, filepath.Join(dir, "repo"))
 	if err != nil {
 		return err
 	}
-	fmt.Printf("    built %s in %v\n", tarball, time.Since(start).Round(time.Millisecond))
-
-	step("installing the release on n1, n2, n3 and starting the nodes")
-	for _, h := range nodes {
-		if err := m.Install(ctx, clients["build"], clients[h], tarball, commit); err != nil {
-			return fmt.Errorf("install on %s: %w", h, err)
-		}
-		var peers []string
-		for _, p := range nodes {
-			if p != h {
-				peers = append(peers, nodeName(p))
-			}
-		}
-		data := manifests.TemplateData{App: "chat", Env: "production", Commit: commit, Node: nodeName(h), Peers: peers,
-			Host: manifests.TemplateHost{Name: h, Address: bed.Host(h).Addr.String()}, DeployTo: m.DeployTo, ReleaseDir: m.ReleaseDir(commit)}
-		if err := m.Start(ctx, clients[h], data); err != nil {
-			return fmt.Errorf("start %s: %w", h, err)
-		}
-	}
-	lb := bed.Host("lb")
-	var servers []testbed.Backend
-	for _, h := range nodes {
-		servers = append(servers, testbed.Backend{Name: h, Addr: bed.Host(h).Addr.String() + ":4000"})
-	}
-	if err := lb.StartHAProxy(ctx, "chat", servers); err != nil {
+	cfgPath := filepath.Join(dir, "operator.yaml")
+	cfg := fmt.Sprintf(`repo: %s
+branch: main
+environment: production
+state_dir: %s
+poll: ""
+ssh:
+  identity: %s
+  known_hosts: %s
+`, repo.Bare, filepath.Join(dir, "state"), bed.ClientKey, bed.KnownHosts)
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		return err
 	}
+	fmt.Printf("    %s:\n%s", cfgPath, indent(cfg))
 
-	step("waiting for the cluster: each node must list the two others")
+	op := func(args ...string) error {
+		fmt.Printf("    $ operator %s\n", strings.Join(args, " "))
+		cmd := exec.CommandContext(ctx, operator, append(args, "--config", cfgPath, "--log-level", "warn")...)
+		cmd.Stdout, cmd.Stderr = prefixed(), prefixed()
+		return cmd.Run()
+	}
+
+	step("first deploy: build on the build host, stage on 3 nodes, migrate, roll out node by node")
+	start := time.Now()
+	if err := op("sync", "--once"); err != nil {
+		return fmt.Errorf("first deploy: %w", err)
+	}
+	fmt.Printf("    first deploy took %v\n", time.Since(start).Round(time.Millisecond))
+	fmt.Printf("    through HAProxy: %s\n", httpGet(ctx, "http://"+lb.Addr.String()+"/health"))
+
+	step("a one-line change, pushed, then deployed: dependency steps skipped, nodes restarted one by one")
+	if _, err := repo.Commit(ctx, "Say hello in the log", testbed.AppendLine("lib/chat.ex", "# hello from the demo")); err != nil {
+		return err
+	}
 	start = time.Now()
-	for {
-		whole := true
-		for _, h := range nodes {
-			got, err := m.Members(ctx, clients[h], nodeName(h))
-			if err != nil || len(got) != len(nodes)-1 || slices.Contains(got, nodeName(h)) {
-				whole = false
-			}
-		}
-		if whole {
-			break
-		}
-		if time.Since(start) > time.Minute {
-			return fmt.Errorf("the cluster did not form within a minute")
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(200 * time.Millisecond):
-		}
+	if err := op("sync", "--once"); err != nil {
+		return fmt.Errorf("second deploy: %w", err)
 	}
-	fmt.Printf("    full mesh %v after start\n", time.Since(start).Round(time.Millisecond))
-	for _, h := range nodes {
-		fmt.Printf("    %s /health: %s\n", h, httpGet(ctx, "http://"+bed.Host(h).Addr.String()+":4000/health"))
-	}
-	fmt.Printf("    through HAProxy on lb: %s\n", httpGet(ctx, "http://"+lb.Addr.String()+"/health"))
+	fmt.Printf("    one-line change deployed in %v\n", time.Since(start).Round(time.Millisecond))
 
-	step("done: the hosts, the example app and its cluster are real")
-	fmt.Println("    The operator's own deploy (incremental build, staged fan-out, node-by-node")
-	fmt.Println("    rollout with membership checks) replaces the by-hand steps above as it lands.")
+	step("the status")
+	if err := op("status"); err != nil {
+		return err
+	}
+	if err := op("history"); err != nil {
+		return err
+	}
+	fmt.Printf("    through HAProxy: %s\n", httpGet(ctx, "http://"+lb.Addr.String()+"/health"))
 	if keep {
-		fmt.Println("    hosts stay up until Ctrl-C")
+		fmt.Printf("    hosts stay up until Ctrl-C; try: %s plan --config %s\n", operator, cfgPath)
 		<-ctx.Done()
 	}
 	return nil
@@ -161,8 +147,28 @@ func run(ctx context.Context, src string, keep bool) error {
 
 func step(msg string) { fmt.Printf("==> %s\n", msg) }
 
+func indent(s string) string {
+	return "      " + strings.ReplaceAll(strings.TrimSuffix(s, "\n"), "\n", "\n      ") + "\n"
+}
+
+// prefixed indents a child's output under the demo's steps.
+func prefixed() io.Writer { return &indenter{atStart: true} }
+
+type indenter struct{ atStart bool }
+
+func (w *indenter) Write(p []byte) (int, error) {
+	for _, b := range p {
+		if w.atStart {
+			os.Stdout.WriteString("      ")
+		}
+		os.Stdout.Write([]byte{b})
+		w.atStart = b == '\n'
+	}
+	return len(p), nil
+}
+
 func httpGet(ctx context.Context, url string) string {
-	var body string
+	var last string
 	for i := 0; i < 50; i++ {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 		resp, err := http.DefaultClient.Do(req)
@@ -172,11 +178,11 @@ func httpGet(ctx context.Context, url string) string {
 			if resp.StatusCode == 200 {
 				return strings.TrimSpace(string(b))
 			}
-			body = resp.Status
+			last = resp.Status
 		} else {
-			body = err.Error()
+			last = err.Error()
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	return body
+	return last
 }

@@ -1,0 +1,216 @@
+package reconcile
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"strings"
+	"time"
+
+	"github.com/clusterops/operator/gitsrc"
+	"github.com/clusterops/operator/history"
+	"github.com/clusterops/operator/hosts"
+)
+
+// run is one deploy in progress.
+type run struct {
+	r       *Reconciler
+	plan    *Plan
+	rec     *history.Recorder
+	started time.Time
+	// artifact is the sha256 of the release's artifact on the build host.
+	artifact string
+	// phaseNote, when set by a phase, is recorded as its outcome instead of
+	// "ok" (for example "skipped: artifact exists").
+	phaseNote string
+}
+
+// exec runs c on t, logging the command and its output to the deploy's log.
+func (run *run) exec(ctx context.Context, t hosts.Target, step string, c hosts.Cmd, stdin io.Reader) error {
+	run.rec.Logf(t.Name, "$ %s", c.Redacted())
+	started := time.Now()
+	err := run.r.Fleet.Run(ctx, t, c, hosts.Exec{Step: step, Sink: run.rec, Stdin: stdin})
+	if err != nil {
+		run.rec.Logf(t.Name, "%s failed after %v: %v", step, time.Since(started).Round(time.Millisecond), err)
+	}
+	return err
+}
+
+// output runs c on t and returns its stdout, logging the command.
+func (run *run) output(ctx context.Context, t hosts.Target, c hosts.Cmd) ([]byte, error) {
+	run.rec.Logf(t.Name, "$ %s", c.Redacted())
+	out, err := run.r.Fleet.Output(ctx, t, c)
+	if err != nil {
+		run.rec.Logf(t.Name, "failed: %v", err)
+	}
+	return out, err
+}
+
+// build makes sure the build host holds the commit's artifact. It records
+// "skipped" when the artifact exists; otherwise it pushes the commit, checks
+// it out in the persistent workspace, runs each step whose inputs changed
+// since its last success, and keeps the artifact under its sha256.
+func (r *Reconciler) build(ctx context.Context, run *run) error {
+	p := run.plan
+	sha := p.Commit.SHA
+	if p.Artifact != "" {
+		run.artifact = p.Artifact
+		run.phaseNote = "skipped: the artifact of " + short(sha) + " exists (sha256 " + p.Artifact[:12] + ")"
+		r.progress("build: skipped, artifact of %s exists", short(sha))
+		return nil
+	}
+	r.report(run, Pending, "building")
+	r.progress("build: on %s", p.Build.Name)
+	ws := hosts.Workspace{Dir: p.Manifest.Build.Dir}
+	c, err := ws.Prepare()
+	if err != nil {
+		return err
+	}
+	if err := run.exec(ctx, p.Build, "build", c, nil); err != nil {
+		return err
+	}
+	started := time.Now()
+	if err := r.Source.Push(ctx, &starter{fleet: r.Fleet, target: p.Build, rec: run.rec}, ws.Repo(), sha); err != nil {
+		return fmt.Errorf("push %s to %s: %w", short(sha), p.Build.Name, err)
+	}
+	run.rec.Logf(p.Build.Name, "pushed %s to %s in %v", short(sha), ws.Repo(), time.Since(started).Round(time.Millisecond))
+	if c, err = ws.Checkout(sha); err != nil {
+		return err
+	}
+	if err := run.exec(ctx, p.Build, "build", c, nil); err != nil {
+		return err
+	}
+	if c, err = ws.ReadSteps(); err != nil {
+		return err
+	}
+	out, err := run.output(ctx, p.Build, c)
+	if err != nil {
+		return err
+	}
+	recorded := hosts.ParseSteps(out)
+	env := maps.Clone(p.Manifest.Build.Env)
+	if env == nil {
+		env = map[string]string{}
+	}
+	env["OPERATOR_COMMIT"] = sha
+	for i, step := range p.Manifest.Build.Steps {
+		key := stepKey(i, step.Run)
+		var print string
+		if len(step.WhenChanged) > 0 {
+			if print, err = r.Source.Fingerprint(sha, step.WhenChanged); err != nil {
+				return err
+			}
+			if recorded[key] == print {
+				run.rec.Logf(p.Build.Name, "step %d skipped: %s unchanged since it last succeeded: %s", i+1, strings.Join(step.WhenChanged, ", "), step.Run)
+				r.progress("build: step %d skipped (%s unchanged)", i+1, strings.Join(step.WhenChanged, ", "))
+				continue
+			}
+			// Forget the record first: a step that fails after its inputs
+			// changed must run again next time, whatever it left behind.
+			if recorded[key] != "" {
+				if c, err = ws.RecordStep(key, ""); err != nil {
+					return err
+				}
+				if err := run.exec(ctx, p.Build, "build", c, nil); err != nil {
+					return err
+				}
+			}
+		}
+		r.progress("build: step %d: %s", i+1, step.Run)
+		started := time.Now()
+		if err := run.exec(ctx, p.Build, "build", hosts.ShellCmd(ws.Dir, step.Run, env), nil); err != nil {
+			return &DeployError{Class: classOf(err), Phase: "build", Host: p.Build.Name, Err: fmt.Errorf("step %d (%s): %w", i+1, step.Run, err)}
+		}
+		run.rec.Logf(p.Build.Name, "step %d ran in %v", i+1, time.Since(started).Round(time.Millisecond))
+		if print != "" {
+			if c, err = ws.RecordStep(key, print); err != nil {
+				return err
+			}
+			if err := run.exec(ctx, p.Build, "build", c, nil); err != nil {
+				return err
+			}
+		}
+	}
+	if c, err = ws.StoreArtifact(sha, p.Manifest.Build.Artifact); err != nil {
+		return err
+	}
+	if out, err = run.output(ctx, p.Build, c); err != nil {
+		return &DeployError{Class: classOf(err), Phase: "build", Host: p.Build.Name, Err: err}
+	}
+	if run.artifact, err = hosts.ParseSum(out); err != nil || run.artifact == "" {
+		return fmt.Errorf("artifact of %s: %q: %v", short(sha), out, err)
+	}
+	return nil
+}
+
+// classOf classes an error where it arose: a command that ran and failed,
+// or a check that ran out of time, is the commit's (failure); anything
+// else, such as a host that cannot be reached, is the operator's (error).
+func classOf(err error) Class {
+	var de *DeployError
+	if errors.As(err, &de) {
+		return de.Class
+	}
+	var ce *hosts.CommandError
+	if errors.As(err, &ce) || errors.Is(err, errCheckTimeout) {
+		return ClassFailure
+	}
+	return ClassError
+}
+
+// stepKey names a build step's record in the workspace: its position and
+// its command, so editing a step's command runs it again.
+func stepKey(i int, run string) string {
+	h := sha256.Sum256([]byte(run))
+	return fmt.Sprintf("step%d-%s", i, hex.EncodeToString(h[:8]))
+}
+
+// starter runs git-receive-pack for gitsrc through the pooled connection.
+type starter struct {
+	fleet  Fleet
+	target hosts.Target
+	rec    *history.Recorder
+}
+
+type process struct {
+	stdin  *io.PipeWriter
+	stdout *io.PipeReader
+	done   chan struct{}
+	err    error
+}
+
+func (s *starter) Start(ctx context.Context, argv ...string) (gitsrc.Process, error) {
+	inR, inW := io.Pipe()
+	outR, outW := io.Pipe()
+	p := &process{stdin: inW, stdout: outR, done: make(chan struct{})}
+	c := hosts.Cmd{Args: argv}
+	s.rec.Logf(s.target.Name, "$ %s", c.Redacted())
+	go func() {
+		p.err = s.fleet.Run(ctx, s.target, c, hosts.Exec{Step: "push", Stdin: inR, Stdout: outW, Sink: s.rec})
+		outW.CloseWithError(errOr(p.err, io.EOF))
+		inR.CloseWithError(errOr(p.err, io.ErrClosedPipe))
+		close(p.done)
+	}()
+	return p, nil
+}
+
+func errOr(err, otherwise error) error {
+	if err != nil {
+		return err
+	}
+	return otherwise
+}
+
+func (p *process) Stdin() io.WriteCloser { return p.stdin }
+func (p *process) Stdout() io.Reader     { return p.stdout }
+
+// Wait drains what the command still prints (so it can exit), then waits.
+func (p *process) Wait() error {
+	go io.Copy(io.Discard, p.stdout)
+	<-p.done
+	return p.err
+}

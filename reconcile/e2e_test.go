@@ -1,0 +1,227 @@
+package reconcile_test
+
+import (
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/clusterops/operator/gitsrc"
+	"github.com/clusterops/operator/history"
+	"github.com/clusterops/operator/hosts"
+	"github.com/clusterops/operator/reconcile"
+	"github.com/clusterops/operator/testbed"
+)
+
+// fixture is the whole real setting of a deploy: a build host, three nodes
+// and an HAProxy host, the example app in a git repository, and an operator
+// (mirror, pool, history) with its own state directory.
+type fixture struct {
+	t     *testing.T
+	bed   *testbed.Bed
+	repo  *testbed.AppRepo
+	pool  *hosts.Pool
+	hist  *history.Store
+	r     *reconcile.Reconciler
+	nodes []string
+	state string
+}
+
+const deployTo = "/srv/chat"
+
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	ctx := t.Context()
+	bed := testbed.Start(t, "build", "n1", "n2", "n3", "lb")
+	src, _ := filepath.Abs("../examples/cluster-app")
+	if err := testbed.PrimeNPMCache(ctx, filepath.Join(src, "assets"), testbed.NPMCache); err != nil {
+		t.Fatal(err)
+	}
+	if err := bed.Host("build").UseNPMCache(testbed.NPMCache); err != nil {
+		t.Fatal(err)
+	}
+	f := &fixture{t: t, bed: bed, nodes: []string{"n1", "n2", "n3"}}
+	var nodeHosts []*testbed.Host
+	var backends []testbed.Backend
+	for _, n := range f.nodes {
+		nodeHosts = append(nodeHosts, bed.Host(n))
+		backends = append(backends, testbed.Backend{Name: n, Addr: bed.Host(n).Addr.String() + ":4000"})
+	}
+	if err := testbed.SeedShared(ctx, nodeHosts, deployTo, "e2e-cookie-0123456789"); err != nil {
+		t.Fatal(err)
+	}
+	if err := bed.Host("lb").StartHAProxy(ctx, "chat", backends); err != nil {
+		t.Fatal(err)
+	}
+	repo, err := testbed.NewAppRepo(ctx, bed, src, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.repo = repo
+	f.state = t.TempDir()
+	f.pool, f.hist, f.r, err = newOperator(repo.Bare, f.state, bed.ClientKey, bed.KnownHosts, t.Output(), func(line string) { t.Log("progress: " + line) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.pool.Close() })
+	return f
+}
+
+// newOperator wires an operator as cmd/operator does, on one state dir.
+func newOperator(repo, state, key, knownHosts string, logTo io.Writer, progress func(string)) (*hosts.Pool, *history.Store, *reconcile.Reconciler, error) {
+	mirror, err := gitsrc.Open(gitsrc.Options{URL: repo, Branch: "main", Dir: filepath.Join(state, "mirror")})
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	pool, err := hosts.NewPool(hosts.Config{Identity: key, KnownHosts: knownHosts})
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	hist, err := history.Open(state)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	r := &reconcile.Reconciler{
+		Env: "production", ManifestPath: "deploy.yaml",
+		Source: mirror, Fleet: pool, History: hist,
+		Log:      slog.New(slog.NewTextHandler(logTo, &slog.HandlerOptions{Level: slog.LevelInfo})),
+		Progress: progress,
+	}
+	return pool, hist, r, nil
+}
+
+func (f *fixture) sync() (*reconcile.Outcome, error) {
+	f.t.Helper()
+	start := time.Now()
+	out, err := f.r.Sync(f.t.Context(), "test")
+	f.t.Logf("sync took %v: %v", time.Since(start).Round(time.Millisecond), err)
+	return out, err
+}
+
+// current reads where a node's current points, as the operator would not:
+// straight off the host's disk.
+func (f *fixture) current(node string) string {
+	f.t.Helper()
+	out, err := f.bed.Host(node).Sh(f.t.Context(), "readlink "+deployTo+"/current || true")
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return filepath.Base(strings.TrimSpace(out))
+}
+
+type health struct {
+	Commit string   `json:"commit"`
+	Node   string   `json:"node"`
+	Nodes  []string `json:"nodes"`
+}
+
+func (f *fixture) health(node string) (health, error) {
+	var h health
+	resp, err := http.Get("http://" + f.bed.Host(node).Addr.String() + ":4000/health")
+	if err != nil {
+		return h, err
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return h, json.Unmarshal(body, &h)
+}
+
+// log returns the deploy's whole log.
+func (f *fixture) log(id int64) string {
+	f.t.Helper()
+	rc, err := f.hist.Log(id)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	defer rc.Close()
+	b, _ := io.ReadAll(rc)
+	return string(b)
+}
+
+// wantCluster checks every node runs commit and lists the two others.
+func (f *fixture) wantCluster(commit string) {
+	f.t.Helper()
+	for _, n := range f.nodes {
+		if got := f.current(n); got != commit {
+			f.t.Errorf("%s current: got %s, want %s", n, got, commit)
+		}
+		h, err := f.health(n)
+		if err != nil {
+			f.t.Errorf("%s /health: %v", n, err)
+			continue
+		}
+		if h.Commit != commit {
+			f.t.Errorf("%s runs %s, want %s", n, h.Commit, commit)
+		}
+		var want []string
+		for _, o := range f.nodes {
+			if o != n {
+				want = append(want, "chat@"+f.bed.Host(o).Addr.String())
+			}
+		}
+		slices.Sort(h.Nodes)
+		if !slices.Equal(h.Nodes, want) {
+			f.t.Errorf("%s is connected to %v, want %v", n, h.Nodes, want)
+		}
+	}
+}
+
+func TestFirstDeployThenOneLineChangeThenNothing(t *testing.T) {
+	f := newFixture(t)
+	first, err := f.repo.Commit(t.Context(), "nothing new", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := f.sync()
+	if err != nil {
+		t.Fatalf("first deploy: %v\n%s", err, f.log(1))
+	}
+	if out.Deploy == nil || out.Deploy.Result != history.Success {
+		t.Fatalf("first deploy: %+v", out.Deploy)
+	}
+	f.wantCluster(first)
+
+	second, err := f.repo.Commit(t.Context(), "one-line change", testbed.AppendLine("lib/chat.ex", "# a one-line change"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err = f.sync()
+	if err != nil {
+		t.Fatalf("second deploy: %v\n%s", err, f.log(out.Deploy.ID))
+	}
+	f.wantCluster(second)
+	log := f.log(out.Deploy.ID)
+	for _, want := range []string{
+		"step 1 skipped: mix.exs, mix.lock unchanged",
+		"step 2 skipped: assets/package.json, assets/package-lock.json unchanged",
+	} {
+		if !strings.Contains(log, want) {
+			t.Errorf("the second deploy's log lacks %q", want)
+		}
+	}
+	for _, n := range out.Deploy.Nodes {
+		if n.Outcome != "updated" || n.From != first || n.To != second {
+			t.Errorf("node result %+v", n)
+		}
+	}
+
+	// Right after success: nothing to do, no deploy recorded, nothing touched.
+	out, err = f.sync()
+	if err != nil || out.Deploy != nil || !out.Plan.NothingToDo() {
+		t.Fatalf("sync after success: %v, deploy %+v", err, out.Deploy)
+	}
+	list, _ := f.hist.List(0)
+	if len(list) != 2 {
+		t.Fatalf("history holds %d deploys, want 2", len(list))
+	}
+	var de *reconcile.DeployError
+	if errors.As(err, &de) {
+		t.Fatal(de)
+	}
+}
