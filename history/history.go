@@ -47,7 +47,12 @@ type Deploy struct {
 	Description string       `json:"description,omitempty"` // one line: what happened, or what failed where
 	Phases      []Phase      `json:"phases,omitempty"`
 	Nodes       []NodeResult `json:"nodes,omitempty"`
-	PID         int          `json:"pid,omitempty"` // the operator process running it
+	// Spent adds up where the time went, by kind: "build step" (the
+	// manifest's build commands), "stop", "start", "ping wait",
+	// "membership wait", "health wait", "drain wait". What is left of the
+	// deploy's duration is the operator's own overhead.
+	Spent map[string]time.Duration `json:"spent,omitempty"`
+	PID   int                      `json:"pid,omitempty"` // the operator process running it
 }
 
 // Phase is one step of a deploy and how long it took.
@@ -225,6 +230,10 @@ func (r *Recorder) Snapshot() Deploy {
 	d := *r.d
 	d.Phases = append([]Phase(nil), r.d.Phases...)
 	d.Nodes = append([]NodeResult(nil), r.d.Nodes...)
+	d.Spent = make(map[string]time.Duration, len(r.d.Spent))
+	for k, v := range r.d.Spent {
+		d.Spent[k] = v
+	}
 	return d
 }
 
@@ -252,6 +261,16 @@ func (r *Recorder) Phase(name string, started time.Time, outcome string) {
 	r.store.save(r.d)
 	r.mu.Unlock()
 	r.Logf("", "phase %s: %s (%v)", name, outcome, time.Since(started).Round(time.Millisecond))
+}
+
+// Spend adds d to the time spent on kind.
+func (r *Recorder) Spend(kind string, d time.Duration) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.d.Spent == nil {
+		r.d.Spent = map[string]time.Duration{}
+	}
+	r.d.Spent[kind] += d
 }
 
 // Node records what happened to one node, replacing an earlier entry for it.

@@ -40,6 +40,14 @@ func (run *run) exec(ctx context.Context, t hosts.Target, step string, c hosts.C
 	return err
 }
 
+// timed runs fn and adds its duration to what the deploy spent on kind.
+func (run *run) timed(kind string, fn func() error) error {
+	started := time.Now()
+	err := fn()
+	run.rec.Spend(kind, time.Since(started))
+	return err
+}
+
 // output runs c on t and returns its stdout, logging the command.
 func (run *run) output(ctx context.Context, t hosts.Target, c hosts.Cmd) ([]byte, error) {
 	run.rec.Logf(t.Name, "$ %s", c.Redacted())
@@ -122,7 +130,9 @@ func (r *Reconciler) build(ctx context.Context, run *run) error {
 		}
 		r.progress("build: step %d: %s", i+1, step.Run)
 		started := time.Now()
-		if err := run.exec(ctx, p.Build, "build", hosts.ShellCmd(ws.Dir, step.Run, env), nil); err != nil {
+		if err := run.timed("build step", func() error {
+			return run.exec(ctx, p.Build, "build", hosts.ShellCmd(ws.Dir, step.Run, env), nil)
+		}); err != nil {
 			return &DeployError{Class: classOf(err), Phase: "build", Host: p.Build.Name, Err: fmt.Errorf("step %d (%s): %w", i+1, step.Run, err)}
 		}
 		run.rec.Logf(p.Build.Name, "step %d ran in %v", i+1, time.Since(started).Round(time.Millisecond))

@@ -205,6 +205,11 @@ func TestFirstDeployThenOneLineChangeThenNothing(t *testing.T) {
 			t.Errorf("the second deploy's log lacks %q", want)
 		}
 	}
+	for _, kind := range []string{"build step", "stop", "start", "ping wait", "membership wait", "health wait", "drain wait"} {
+		if out.Deploy.Spent[kind] <= 0 {
+			t.Errorf("the deploy record says nothing of the time spent on %q: %v", kind, out.Deploy.Spent)
+		}
+	}
 	for _, n := range out.Deploy.Nodes {
 		if n.Outcome != "updated" || n.From != first || n.To != second {
 			t.Errorf("node result %+v", n)

@@ -147,11 +147,11 @@ func (r *Reconciler) updateNode(ctx context.Context, run *run, n *Node, alive *l
 	fail := func(check string, err error) error {
 		return &DeployError{Class: classOf(err), Phase: "rollout", Host: n.Name(), Check: check, Err: err}
 	}
-	if err := r.setLB(ctx, run, n, "drain"); err != nil {
+	if err := run.timed("drain wait", func() error { return r.setLB(ctx, run, n, "drain") }); err != nil {
 		return fail(checkDrain, err)
 	}
 	if n.Current != "" {
-		if err := r.stopNode(ctx, run, n, n.Current); err != nil {
+		if err := run.timed("stop", func() error { return r.stopNode(ctx, run, n, n.Current) }); err != nil {
 			r.setLB(ctx, run, n, "ready")
 			return fail(checkStop, err)
 		}
@@ -207,28 +207,36 @@ func (r *Reconciler) switchAndCheck(ctx context.Context, run *run, n *Node, rele
 	}
 	// The start command's exit status says little (bin/<app> daemon exits 0
 	// when the app dies at boot): ping decides.
-	if err := run.exec(ctx, n.Target, "rollout", hosts.ShellCmd(layout.Current(), p.Manifest.Release.Start, env), nil); err != nil {
+	if err := run.timed("start", func() error {
+		return run.exec(ctx, n.Target, "rollout", hosts.ShellCmd(layout.Current(), p.Manifest.Release.Start, env), nil)
+	}); err != nil {
 		var ce *hosts.CommandError
 		if !errors.As(err, &ce) {
 			return check(checkStart, err)
 		}
 	}
-	if err := r.waitFor(ctx, p.Manifest.Rollout.Timeout, func() (bool, string, error) {
-		up, err := r.ping(ctx, p, n, run.rec)
-		return up, "not answering " + p.Manifest.Release.Ping, err
+	if err := run.timed("ping wait", func() error {
+		return r.waitFor(ctx, p.Manifest.Rollout.Timeout, func() (bool, string, error) {
+			up, err := r.ping(ctx, p, n, run.rec)
+			return up, "not answering " + p.Manifest.Release.Ping, err
+		})
 	}); err != nil {
 		return check(checkPing, err)
 	}
 	n.Running = true
 	alive.set(n, true)
-	if err := r.waitFor(ctx, p.Manifest.Cluster.Settle, func() (bool, string, error) {
-		return r.membership(ctx, run, alive.list())
+	if err := run.timed("membership wait", func() error {
+		return r.waitFor(ctx, p.Manifest.Cluster.Settle, func() (bool, string, error) {
+			return r.membership(ctx, run, alive.list())
+		})
 	}); err != nil {
 		return check(checkMembership, err)
 	}
 	if p.Manifest.Health != nil {
-		if err := r.waitFor(ctx, p.Manifest.Rollout.Timeout, func() (bool, string, error) {
-			return r.health(ctx, run, n, release)
+		if err := run.timed("health wait", func() error {
+			return r.waitFor(ctx, p.Manifest.Rollout.Timeout, func() (bool, string, error) {
+				return r.health(ctx, run, n, release)
+			})
 		}); err != nil {
 			return check(checkHealth, err)
 		}

@@ -4,6 +4,11 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/clusterops/operator/history"
 )
 
 // runSync reconciles the environment now. With --once it deploys in this
@@ -38,7 +43,11 @@ func runSync(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	op.rec.Progress = func(line string) { fmt.Fprintln(stdout, line) }
 	out, err := op.rec.Sync(ctx, "manual")
 	if out != nil && out.Deploy != nil {
-		fmt.Fprintf(stdout, "deploy %d: %s (log: operator logs %d)\n", out.Deploy.ID, out.Deploy.Result, out.Deploy.ID)
+		d := out.Deploy
+		fmt.Fprintf(stdout, "deploy %d: %s in %v (log: operator logs %d)\n", d.ID, d.Result, d.Ended.Sub(d.Started).Round(100*time.Millisecond), d.ID)
+		if len(d.Spent) > 0 {
+			fmt.Fprintf(stdout, "time went to: %s\n", spent(d))
+		}
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "operator sync: %v\n", err)
@@ -74,4 +83,28 @@ func runPlan(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// spent says where a deploy's time went, largest first, with what is left
+// as the operator's own.
+func spent(d *history.Deploy) string {
+	type kv struct {
+		k string
+		v time.Duration
+	}
+	var kvs []kv
+	var sum time.Duration
+	for k, v := range d.Spent {
+		kvs = append(kvs, kv{k, v})
+		sum += v
+	}
+	sort.Slice(kvs, func(i, j int) bool { return kvs[i].v > kvs[j].v })
+	var parts []string
+	for _, e := range kvs {
+		parts = append(parts, fmt.Sprintf("%s %v", e.k, e.v.Round(10*time.Millisecond)))
+	}
+	if rest := d.Ended.Sub(d.Started) - sum; rest > 0 {
+		parts = append(parts, fmt.Sprintf("other %v", rest.Round(10*time.Millisecond)))
+	}
+	return strings.Join(parts, ", ")
 }
