@@ -12,9 +12,11 @@ import (
 	"fmt"
 	"os"
 	"path"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 
 	"github.com/go-git/go-git/v5"
 	"github.com/go-git/go-git/v5/config"
@@ -36,7 +38,7 @@ type Mirror struct {
 	dir    string
 	auth   transport.AuthMethod
 
-	mu   sync.Mutex // one fetch at a time
+	mu   sync.RWMutex // guards repo; Fetch holds it to fetch
 	repo *git.Repository
 }
 
@@ -100,7 +102,11 @@ func (m *Mirror) Branch() string { return m.branch }
 func (m *Mirror) Dir() string { return m.dir }
 
 // Repository is the mirror's repository, for pushing its objects onwards.
-func (m *Mirror) Repository() *git.Repository { return m.repo }
+func (m *Mirror) Repository() *git.Repository {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.repo
+}
 
 // RemoteHead asks the remote for the branch head without fetching anything:
 // an ls-remote, about a millisecond for a local repository.
@@ -121,7 +127,7 @@ func (m *Mirror) RemoteHead(ctx context.Context) (string, error) {
 // LocalHead is the branch head the mirror holds, or "" before the first
 // fetch.
 func (m *Mirror) LocalHead() string {
-	r, err := m.repo.Reference(m.ref(), true)
+	r, err := m.Repository().Reference(m.ref(), true)
 	if err != nil {
 		return ""
 	}
@@ -131,17 +137,32 @@ func (m *Mirror) LocalHead() string {
 // Fetch brings the mirror up to the remote's branch head and returns it. It
 // asks the remote first and fetches only when the head moved, so an idle
 // poll costs one ls-remote.
+//
+// The daemon and CLI commands (status, plan) may share a mirror: a file lock
+// keeps two processes from fetching into it at once, and the repository is
+// opened afresh, because go-git caches the list of packs it has seen and
+// would not find objects another process fetched.
 func (m *Mirror) Fetch(ctx context.Context) (string, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
 	head, err := m.RemoteHead(ctx)
 	if err != nil {
 		return "", err
 	}
-	if head == m.LocalHead() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	unlock, err := lockFile(filepath.Join(m.dir, "operator-fetch.lock"))
+	if err != nil {
+		return "", fmt.Errorf("gitsrc: lock mirror %s: %w", m.dir, err)
+	}
+	defer unlock()
+	repo, err := git.PlainOpen(m.dir)
+	if err != nil {
+		return "", fmt.Errorf("gitsrc: open mirror %s: %w", m.dir, err)
+	}
+	m.repo = repo
+	if r, err := repo.Reference(m.ref(), true); err == nil && r.Hash().String() == head {
 		return head, nil
 	}
-	err = m.repo.FetchContext(ctx, &git.FetchOptions{
+	err = repo.FetchContext(ctx, &git.FetchOptions{
 		RemoteName: remoteName,
 		RefSpecs:   []config.RefSpec{m.refSpec()},
 		Tags:       git.NoTags,
@@ -151,7 +172,25 @@ func (m *Mirror) Fetch(ctx context.Context) (string, error) {
 	if err != nil && !errors.Is(err, git.NoErrAlreadyUpToDate) {
 		return "", fmt.Errorf("gitsrc: fetch %s from %s: %w", m.branch, m.url, err)
 	}
-	return m.LocalHead(), nil
+	r, err := repo.Reference(m.ref(), true)
+	if err != nil {
+		return "", fmt.Errorf("gitsrc: %s after fetch: %w", m.branch, err)
+	}
+	return r.Hash().String(), nil
+}
+
+// lockFile takes an exclusive flock on path, waiting for it; the kernel
+// drops it if the process dies.
+func lockFile(path string) (func(), error) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() { f.Close() }, nil
 }
 
 // Commit is what the operator shows of a commit.
@@ -175,7 +214,7 @@ func (m *Mirror) commit(sha string) (*object.Commit, error) {
 	if !plumbing.IsHash(sha) {
 		return nil, fmt.Errorf("gitsrc: %q is not a full commit SHA", sha)
 	}
-	c, err := m.repo.CommitObject(plumbing.NewHash(sha))
+	c, err := m.Repository().CommitObject(plumbing.NewHash(sha))
 	if err != nil {
 		return nil, fmt.Errorf("gitsrc: commit %s: %w", sha, err)
 	}

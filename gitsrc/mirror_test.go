@@ -11,12 +11,12 @@ import (
 // upstream is a real bare repository and a clone that pushes to it, driven
 // by the git binary as a developer would.
 type upstream struct {
-	t    *testing.T
+	t    testing.TB
 	bare string
 	work string
 }
 
-func newUpstream(t *testing.T) *upstream {
+func newUpstream(t testing.TB) *upstream {
 	t.Helper()
 	dir := t.TempDir()
 	u := &upstream{t: t, bare: filepath.Join(dir, "app.git"), work: filepath.Join(dir, "work")}
@@ -177,5 +177,35 @@ func TestFingerprintFollowsOnlyTheNamedFiles(t *testing.T) {
 	}
 	if fp(c1, "mix.exs") == fp(c1, "mix.lock") {
 		t.Error("different patterns over different files gave one fingerprint")
+	}
+}
+
+// The daemon and a CLI command share a mirror: what one fetched, the other
+// must find.
+func TestMirrorSharedBetweenTwoOperators(t *testing.T) {
+	u := newUpstream(t)
+	u.commit("main", "one", map[string]string{"a": "1"})
+	dir := filepath.Join(t.TempDir(), "mirror")
+	daemon, err := Open(Options{URL: u.bare, Branch: "main", Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := daemon.Fetch(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	second := u.commit("main", "two", map[string]string{"a": "2"})
+	cli, err := Open(Options{URL: u.bare, Branch: "main", Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := cli.Fetch(t.Context()); err != nil || got != second {
+		t.Fatalf("the CLI's fetch: %s, %v", got, err)
+	}
+	got, err := daemon.Fetch(t.Context())
+	if err != nil || got != second {
+		t.Fatalf("the daemon's fetch after the CLI's: %s, %v", got, err)
+	}
+	if _, err := daemon.Commit(second); err != nil {
+		t.Fatalf("the daemon cannot read a commit the CLI fetched: %v", err)
 	}
 }

@@ -52,7 +52,7 @@ func (m *Mirror) Push(ctx context.Context, to Starter, bareDir, sha string) erro
 	}
 	token := starters.add(to)
 	defer starters.remove(token)
-	remote := git.NewRemote(m.repo.Storer, &config.RemoteConfig{
+	remote := git.NewRemote(m.Repository().Storer, &config.RemoteConfig{
 		Name: "build",
 		URLs: []string{protocol + "://" + token + "/" + strings.TrimPrefix(bareDir, "/")},
 	})

@@ -1,23 +1,29 @@
 // Package history keeps the record of every deploy in state_dir: what
 // triggered it, which commit, its phases and their durations, each node's
 // outcome, the result, and its full log (every remote command and its
-// output). One directory per deploy: deploys/<id>/deploy.json (the record,
-// rewritten atomically on every change) and deploys/<id>/log (appended).
+// output), plus the environment locks set by `operator lock`.
+//
+// It is one SQLite database, <state_dir>/operator.db, in WAL mode, so the
+// CLI (`operator history`, `operator logs`) reads it while the daemon
+// writes. A running deploy's log lines and record changes are queued and
+// committed in batches by one writer goroutine per Store, off the deploy's
+// path; Finish and Close wait for them.
 package history
 
 import (
-	"bufio"
-	"encoding/json"
+	"bytes"
+	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"path/filepath"
-	"sort"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
+
+	_ "modernc.org/sqlite" // the "sqlite" database/sql driver, pure Go
 )
 
 // Result is how a deploy ended.
@@ -71,33 +77,188 @@ type NodeResult struct {
 	Outcome string `json:"outcome"`        // "updated", "unchanged", "rolled back: …", "untouched"
 }
 
-// Store is the deploy history in one directory.
-type Store struct {
-	dir string
-	mu  sync.Mutex
+// LogLine is one line of a deploy's log.
+type LogLine struct {
+	// Seq numbers the deploy's lines 1, 2, … in the order they were
+	// stored; pass the last one seen to LogLines to read on.
+	Seq  int64     `json:"seq"`
+	Time time.Time `json:"time"`
+	// Host is the manifest's host name; "" for the operator's lines about
+	// the deploy as a whole.
+	Host string `json:"host"`
+	// Stream is where the line came from: a command's output stream, or
+	// "op" for the operator's own lines.
+	Stream string `json:"stream"`
+	// Text is the line without its line ending. Bytes from a host need not
+	// be UTF-8.
+	Text string `json:"text"`
 }
 
-// Open opens the history under stateDir, creating it when missing, and
-// marks deploys left running by a dead operator as interrupted.
+// ErrNotFound is returned for a deploy ID the history does not hold.
+var ErrNotFound = errors.New("no such deploy")
+
+// ErrClosed is returned by a Store, and the Recorders it began, after its
+// Close.
+var ErrClosed = errors.New("history closed")
+
+// fileName is the database in state_dir.
+const fileName = "operator.db"
+
+// busyTimeout is how long a statement waits for another connection's
+// write lock (the daemon's writer, the CLI's lock) before failing.
+const busyTimeout = 5 * time.Second
+
+// Store is the deploy history of one state_dir. It is safe for concurrent
+// use; several Stores, in one process or several, may share a state_dir.
+type Store struct {
+	db *sql.DB
+
+	writes chan write    // to the writer goroutine; never closed
+	quit   chan struct{} // closed by Close
+	exited chan struct{} // closed when the writer has committed everything and returned
+	// drainErr is the error of the writer's last commit at Close; read
+	// after exited.
+	drainErr  error
+	closeOnce sync.Once
+	closeErr  error
+
+	mu sync.Mutex
+	// live holds the deploys begun by this Store and not yet ended: the
+	// ones Subscribe can follow.
+	live      map[int64]bool
+	followers map[int64]map[*follower]struct{}
+}
+
+// Open opens the history in stateDir, creating the directory and the
+// database when missing and bringing its schema up to date, and marks
+// deploys left running by an operator process that is gone as interrupted.
+// Close it when done: that commits the log lines still queued.
 func Open(stateDir string) (*Store, error) {
-	s := &Store{dir: filepath.Join(stateDir, "deploys")}
-	if err := os.MkdirAll(s.dir, 0o750); err != nil {
-		return nil, fmt.Errorf("history: %w", err)
+	if err := os.MkdirAll(stateDir, 0o750); err != nil {
+		return nil, fmt.Errorf("open history: %w", err)
 	}
-	ids, err := s.ids()
+	path, err := filepath.Abs(filepath.Join(stateDir, fileName))
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("open history: %w", err)
 	}
-	for _, id := range ids {
-		d, err := s.Get(id)
-		if err != nil || d.Result != Running || processAlive(d.PID) {
-			continue
-		}
-		d.Result, d.Ended = Interrupted, time.Now()
-		d.Description = "the operator stopped before this deploy ended; the next sync reconciles from the hosts"
-		s.save(d)
+	// SQLite gives its -wal and -shm files the database's mode, so this
+	// one mode keeps deploy logs from other users.
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o640)
+	if err != nil {
+		return nil, fmt.Errorf("open history: %w", err)
 	}
+	f.Close()
+	db, err := sql.Open("sqlite", dsn(path))
+	if err != nil {
+		return nil, fmt.Errorf("open history %s: %w", path, err)
+	}
+	// A connection costs a page cache; the writer, Begin and a few readers
+	// (pages following live deploys) are all there is.
+	db.SetMaxOpenConns(8)
+	db.SetMaxIdleConns(4)
+	if err := migrate(db); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open history %s: %w", path, err)
+	}
+	if err := markInterrupted(db); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open history %s: %w", path, err)
+	}
+	s := &Store{
+		db:        db,
+		writes:    make(chan write, queueLen),
+		quit:      make(chan struct{}),
+		exited:    make(chan struct{}),
+		live:      map[int64]bool{},
+		followers: map[int64]map[*follower]struct{}{},
+	}
+	go s.run()
 	return s, nil
+}
+
+// dsn is the driver's name for the database at path: WAL so readers and
+// the writer do not block each other; synchronous=NORMAL, which in WAL
+// mode loses no commit when the process dies, only at a power cut, and
+// saves an fsync per batch; transactions that take the write lock at
+// BEGIN, so a read-then-write transaction cannot fail half-way on a lock.
+func dsn(path string) string {
+	q := url.Values{}
+	q.Set("_busy_timeout", fmt.Sprint(busyTimeout.Milliseconds()))
+	q.Set("_journal_mode", "WAL")
+	q.Set("_synchronous", "NORMAL")
+	q.Set("_foreign_keys", "1")
+	q.Set("_txlock", "immediate")
+	// A file: URI with the path escaped, so a '?' or '%' in state_dir is
+	// part of the name.
+	return (&url.URL{Scheme: "file", Path: path, RawQuery: q.Encode()}).String()
+}
+
+// interruptedDescription is the description of a deploy found running with
+// its operator gone.
+const interruptedDescription = "the operator stopped before this deploy ended; the next sync reconciles from the hosts"
+
+// markInterrupted ends the deploys left running by an operator process
+// that is gone. A deploy's end is its last stored log line, so its
+// duration does not count the time the operator was down.
+func markInterrupted(db *sql.DB) error {
+	ids, err := deadRunning(db)
+	if err != nil || len(ids) == 0 {
+		return err
+	}
+	tx, err := db.Begin()
+	if err != nil {
+		return fmt.Errorf("mark interrupted deploys: %w", err)
+	}
+	defer tx.Rollback()
+	for _, id := range ids {
+		var started, last int64
+		err := tx.QueryRow(`SELECT started, COALESCE((SELECT MAX(time) FROM log_lines WHERE deploy_id = deploys.id), 0) FROM deploys WHERE id = ? AND result = ?`, id, Running).Scan(&started, &last)
+		if errors.Is(err, sql.ErrNoRows) {
+			continue // another process got there first
+		}
+		if err != nil {
+			return fmt.Errorf("mark deploy %d interrupted: %w", id, err)
+		}
+		ended := max(started, last)
+		if _, err := tx.Exec(`UPDATE deploys SET result = ?, ended = ?, description = ? WHERE id = ?`, Interrupted, ended, interruptedDescription, id); err != nil {
+			return fmt.Errorf("mark deploy %d interrupted: %w", id, err)
+		}
+		if _, err := tx.Exec(`INSERT INTO log_lines (deploy_id, seq, time, host, stream, line)
+			SELECT ?, COALESCE(MAX(seq), 0) + 1, ?, '', 'op', ? FROM log_lines WHERE deploy_id = ?`,
+			id, time.Now().UnixNano(), fmt.Sprintf("result %s: %s", Interrupted, interruptedDescription), id); err != nil {
+			return fmt.Errorf("mark deploy %d interrupted: %w", id, err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("mark interrupted deploys: %w", err)
+	}
+	return nil
+}
+
+// deadRunning returns the running deploys whose operator process is gone.
+// It only reads, so a CLI opening the history while the daemon deploys
+// takes no write lock.
+func deadRunning(db *sql.DB) ([]int64, error) {
+	rows, err := db.Query(`SELECT id, pid FROM deploys WHERE result = ?`, Running)
+	if err != nil {
+		return nil, fmt.Errorf("find running deploys: %w", err)
+	}
+	defer rows.Close()
+	var ids []int64
+	for rows.Next() {
+		var id int64
+		var pid int
+		if err := rows.Scan(&id, &pid); err != nil {
+			return nil, fmt.Errorf("find running deploys: %w", err)
+		}
+		if !processAlive(pid) {
+			ids = append(ids, id)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("find running deploys: %w", err)
+	}
+	return ids, nil
 }
 
 func processAlive(pid int) bool {
@@ -111,193 +272,272 @@ func processAlive(pid int) bool {
 	return err == nil
 }
 
-func (s *Store) ids() ([]int64, error) {
-	entries, err := os.ReadDir(s.dir)
-	if err != nil {
-		return nil, fmt.Errorf("history: %w", err)
-	}
-	var ids []int64
-	for _, e := range entries {
-		if id, err := strconv.ParseInt(e.Name(), 10, 64); err == nil && e.IsDir() {
-			ids = append(ids, id)
+// Close commits the queued log lines and record changes, ends every
+// Subscribe channel and closes the database. Deploys not finished stay
+// running in the record; the next Open by another process marks them
+// interrupted. Lines logged after Close are dropped and Finish returns
+// ErrClosed.
+func (s *Store) Close() error {
+	s.closeOnce.Do(func() {
+		close(s.quit)
+		<-s.exited
+		err := s.drainErr
+		if cerr := s.db.Close(); cerr != nil && err == nil {
+			err = fmt.Errorf("close history: %w", cerr)
 		}
-	}
-	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
-	return ids, nil
+		s.closeErr = err
+	})
+	return s.closeErr
 }
 
-// Begin records a new running deploy and returns it with its log open.
+// Begin records a new running deploy and returns its Recorder. The record
+// is committed before Begin returns, so the deploy has its ID and is seen
+// by every reader at once.
 func (s *Store) Begin(env, commit, subject, trigger string) (*Recorder, error) {
+	select {
+	case <-s.quit:
+		return nil, fmt.Errorf("begin deploy of %s: %w", commit, ErrClosed)
+	default:
+	}
+	d := &Deploy{Env: env, Commit: commit, Subject: subject, Trigger: trigger, Started: time.Now(), Result: Running, PID: os.Getpid()}
+	res, err := s.db.Exec(`INSERT INTO deploys (env, commit_sha, subject, trigger, started, result, pid) VALUES (?, ?, ?, ?, ?, ?, ?)`,
+		d.Env, d.Commit, d.Subject, d.Trigger, d.Started.UnixNano(), d.Result, d.PID)
+	if err != nil {
+		return nil, fmt.Errorf("begin deploy of %s: %w", commit, err)
+	}
+	if d.ID, err = res.LastInsertId(); err != nil {
+		return nil, fmt.Errorf("begin deploy of %s: %w", commit, err)
+	}
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	ids, err := s.ids()
-	if err != nil {
-		return nil, err
-	}
-	id := int64(1)
-	if len(ids) > 0 {
-		id = ids[len(ids)-1] + 1
-	}
-	dir := filepath.Join(s.dir, strconv.FormatInt(id, 10))
-	if err := os.Mkdir(dir, 0o750); err != nil {
-		return nil, fmt.Errorf("history: %w", err)
-	}
-	d := &Deploy{ID: id, Env: env, Commit: commit, Subject: subject, Trigger: trigger, Started: time.Now(), Result: Running, PID: os.Getpid()}
-	if err := s.save(d); err != nil {
-		return nil, err
-	}
-	f, err := os.OpenFile(filepath.Join(dir, "log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
-	if err != nil {
-		return nil, fmt.Errorf("history: %w", err)
-	}
-	return &Recorder{store: s, d: d, log: f, w: bufio.NewWriter(f)}, nil
+	s.live[d.ID] = true
+	s.mu.Unlock()
+	return &Recorder{store: s, d: d}, nil
 }
 
-func (s *Store) save(d *Deploy) error {
-	data, err := json.MarshalIndent(d, "", "  ")
-	if err != nil {
-		return err
-	}
-	dir := filepath.Join(s.dir, strconv.FormatInt(d.ID, 10))
-	tmp := filepath.Join(dir, ".deploy.json.tmp")
-	if err := os.WriteFile(tmp, data, 0o640); err != nil {
-		return fmt.Errorf("history: %w", err)
-	}
-	return os.Rename(tmp, filepath.Join(dir, "deploy.json"))
-}
-
-// ErrNotFound is returned for a deploy ID the history does not hold.
-var ErrNotFound = errors.New("no such deploy")
-
-// Get returns deploy id.
+// Get returns deploy id. An unknown id is an error wrapping ErrNotFound.
+// A deploy running in this process may lag its Recorder's Snapshot by one
+// batch (about 50 ms).
 func (s *Store) Get(id int64) (*Deploy, error) {
-	data, err := os.ReadFile(filepath.Join(s.dir, strconv.FormatInt(id, 10), "deploy.json"))
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("history: deploy %d: %w", id, ErrNotFound)
-	}
+	ds, err := s.load(`SELECT id FROM deploys WHERE id = ?`, id)
 	if err != nil {
-		return nil, fmt.Errorf("history: %w", err)
+		return nil, fmt.Errorf("get deploy %d: %w", id, err)
 	}
-	var d Deploy
-	if err := json.Unmarshal(data, &d); err != nil {
-		return nil, fmt.Errorf("history: deploy %d: %w", id, err)
+	if len(ds) == 0 {
+		return nil, fmt.Errorf("get deploy %d: %w", id, ErrNotFound)
 	}
-	return &d, nil
+	return ds[0], nil
 }
 
 // List returns the newest deploys first, at most limit of them (all when
 // limit <= 0).
 func (s *Store) List(limit int) ([]*Deploy, error) {
-	ids, err := s.ids()
+	if limit <= 0 {
+		limit = -1 // SQLite: no limit
+	}
+	ds, err := s.load(`SELECT id FROM deploys ORDER BY id DESC LIMIT ?`, limit)
+	if err != nil {
+		return nil, fmt.Errorf("list deploys: %w", err)
+	}
+	return ds, nil
+}
+
+// load returns the deploys whose IDs the query ids selects, newest first,
+// with their phases, nodes and spent times, read in one snapshot.
+func (s *Store) load(ids string, args ...any) ([]*Deploy, error) {
+	tx, err := s.db.BeginTx(context.Background(), &sql.TxOptions{ReadOnly: true}) // a deferred BEGIN: no write lock
 	if err != nil {
 		return nil, err
 	}
+	defer tx.Rollback()
 	var out []*Deploy
-	for i := len(ids) - 1; i >= 0 && (limit <= 0 || len(out) < limit); i-- {
-		if d, err := s.Get(ids[i]); err == nil {
-			out = append(out, d)
+	byID := map[int64]*Deploy{}
+	err = query(tx, `SELECT id, env, commit_sha, subject, trigger, started, ended, result, description, pid
+		FROM deploys WHERE id IN (`+ids+`) ORDER BY id DESC`, args, func(rows *sql.Rows) error {
+		var d Deploy
+		var started int64
+		var ended sql.NullInt64
+		if err := rows.Scan(&d.ID, &d.Env, &d.Commit, &d.Subject, &d.Trigger, &started, &ended, &d.Result, &d.Description, &d.PID); err != nil {
+			return err
+		}
+		d.Started = time.Unix(0, started)
+		if ended.Valid {
+			d.Ended = time.Unix(0, ended.Int64)
+		}
+		out = append(out, &d)
+		byID[d.ID] = &d
+		return nil
+	})
+	if err != nil || len(out) == 0 {
+		return out, err
+	}
+	err = query(tx, `SELECT deploy_id, name, started, duration, outcome FROM phases
+		WHERE deploy_id IN (`+ids+`) ORDER BY deploy_id, seq`, args, func(rows *sql.Rows) error {
+		var id, started, duration int64
+		var p Phase
+		if err := rows.Scan(&id, &p.Name, &started, &duration, &p.Outcome); err != nil {
+			return err
+		}
+		p.Started, p.Duration = time.Unix(0, started), time.Duration(duration)
+		if d := byID[id]; d != nil {
+			d.Phases = append(d.Phases, p)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	err = query(tx, `SELECT deploy_id, host, from_commit, to_commit, outcome FROM nodes
+		WHERE deploy_id IN (`+ids+`) ORDER BY deploy_id, seq`, args, func(rows *sql.Rows) error {
+		var id int64
+		var n NodeResult
+		if err := rows.Scan(&id, &n.Host, &n.From, &n.To, &n.Outcome); err != nil {
+			return err
+		}
+		if d := byID[id]; d != nil {
+			d.Nodes = append(d.Nodes, n)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	err = query(tx, `SELECT deploy_id, kind, duration FROM spent WHERE deploy_id IN (`+ids+`)`, args, func(rows *sql.Rows) error {
+		var id, duration int64
+		var kind string
+		if err := rows.Scan(&id, &kind, &duration); err != nil {
+			return err
+		}
+		if d := byID[id]; d != nil {
+			if d.Spent == nil {
+				d.Spent = map[string]time.Duration{}
+			}
+			d.Spent[kind] = time.Duration(duration)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// query runs q and calls row for each row.
+func query(tx *sql.Tx, q string, args []any, row func(*sql.Rows) error) error {
+	rows, err := tx.Query(q, args...)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		if err := row(rows); err != nil {
+			return err
+		}
+	}
+	return rows.Err()
+}
+
+// LogLines returns deploy id's log lines numbered above after, in order,
+// at most limit of them (all when limit <= 0). A page following a live
+// deploy calls it again with the last Seq it got; it sees the lines
+// committed so far, at most about 50 ms behind the deploy. An unknown id
+// is an error wrapping ErrNotFound.
+func (s *Store) LogLines(id int64, after int64, limit int) ([]LogLine, error) {
+	if limit <= 0 {
+		limit = -1
+	}
+	rows, err := s.db.Query(`SELECT seq, time, host, stream, line FROM log_lines
+		WHERE deploy_id = ? AND seq > ? ORDER BY seq LIMIT ?`, id, after, limit)
+	if err != nil {
+		return nil, fmt.Errorf("read log of deploy %d: %w", id, err)
+	}
+	defer rows.Close()
+	var out []LogLine
+	for rows.Next() {
+		var l LogLine
+		var t int64
+		if err := rows.Scan(&l.Seq, &t, &l.Host, &l.Stream, &l.Text); err != nil {
+			return nil, fmt.Errorf("read log of deploy %d: %w", id, err)
+		}
+		l.Time = time.Unix(0, t)
+		out = append(out, l)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read log of deploy %d: %w", id, err)
+	}
+	if len(out) == 0 {
+		if err := s.exists(id); err != nil {
+			return nil, fmt.Errorf("read log of deploy %d: %w", id, err)
 		}
 	}
 	return out, nil
 }
 
-// Log returns a reader of deploy id's log.
+// exists returns nil when the history holds deploy id, or ErrNotFound.
+func (s *Store) exists(id int64) error {
+	var one int
+	err := s.db.QueryRow(`SELECT 1 FROM deploys WHERE id = ?`, id).Scan(&one)
+	if errors.Is(err, sql.ErrNoRows) {
+		return ErrNotFound
+	}
+	return err
+}
+
+// Log returns deploy id's log as text, one line per log line:
+// "15:04:05.000 host stream text" with the time in UTC and "-" for the
+// host of the operator's lines about the whole deploy. It reads the lines
+// committed when each page is read, a thousand at a time. An unknown id is
+// an error wrapping ErrNotFound.
 func (s *Store) Log(id int64) (io.ReadCloser, error) {
-	f, err := os.Open(filepath.Join(s.dir, strconv.FormatInt(id, 10), "log"))
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("history: deploy %d: %w", id, ErrNotFound)
+	if err := s.exists(id); err != nil {
+		return nil, fmt.Errorf("read log of deploy %d: %w", id, err)
 	}
-	return f, err
+	return &logReader{s: s, id: id}, nil
 }
 
-// Recorder writes one running deploy's record and log. It is safe for
-// concurrent use: nodes of a batch log at once.
-type Recorder struct {
-	store *Store
-	mu    sync.Mutex
-	d     *Deploy
-	log   *os.File
-	w     *bufio.Writer
+// logPage is how many lines a logReader reads at a time.
+const logPage = 1000
+
+// logReader renders a deploy's log lines as text, a page at a time.
+type logReader struct {
+	s     *Store
+	id    int64
+	after int64
+	buf   bytes.Buffer
+	done  bool
 }
 
-// ID is the deploy's ID.
-func (r *Recorder) ID() int64 { return r.d.ID }
-
-// Snapshot returns a copy of the record as it stands.
-func (r *Recorder) Snapshot() Deploy {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	d := *r.d
-	d.Phases = append([]Phase(nil), r.d.Phases...)
-	d.Nodes = append([]NodeResult(nil), r.d.Nodes...)
-	d.Spent = make(map[string]time.Duration, len(r.d.Spent))
-	for k, v := range r.d.Spent {
-		d.Spent[k] = v
+func (r *logReader) Read(p []byte) (int, error) {
+	for r.buf.Len() == 0 {
+		if r.done {
+			return 0, io.EOF
+		}
+		lines, err := r.s.LogLines(r.id, r.after, logPage)
+		if err != nil {
+			return 0, err
+		}
+		r.done = len(lines) < logPage
+		for _, l := range lines {
+			appendText(&r.buf, l)
+			r.after = l.Seq
+		}
 	}
-	return d
+	return r.buf.Read(p)
 }
 
-// Line appends one line of output to the log, tagged with its host and
-// stream ("out", "err", or "op" for the operator's own lines).
-func (r *Recorder) Line(host, stream, line string) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
+func (r *logReader) Close() error { return nil }
+
+// appendText writes l as a line of text, in the format of `operator logs`.
+func appendText(b *bytes.Buffer, l LogLine) {
+	host := l.Host
 	if host == "" {
 		host = "-"
 	}
-	fmt.Fprintf(r.w, "%s %s %s %s\n", time.Now().UTC().Format("15:04:05.000"), host, stream, strings.TrimRight(line, "\r\n"))
-	r.w.Flush() // followers of a live deploy read the file
-}
-
-// Logf appends one line of the operator's own.
-func (r *Recorder) Logf(host, format string, args ...any) {
-	r.Line(host, "op", fmt.Sprintf(format, args...))
-}
-
-// Phase records a finished phase.
-func (r *Recorder) Phase(name string, started time.Time, outcome string) {
-	r.mu.Lock()
-	r.d.Phases = append(r.d.Phases, Phase{Name: name, Started: started, Duration: time.Since(started), Outcome: outcome})
-	r.store.save(r.d)
-	r.mu.Unlock()
-	r.Logf("", "phase %s: %s (%v)", name, outcome, time.Since(started).Round(time.Millisecond))
-}
-
-// Spend adds d to the time spent on kind.
-func (r *Recorder) Spend(kind string, d time.Duration) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.d.Spent == nil {
-		r.d.Spent = map[string]time.Duration{}
-	}
-	r.d.Spent[kind] += d
-}
-
-// Node records what happened to one node, replacing an earlier entry for it.
-func (r *Recorder) Node(n NodeResult) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for i := range r.d.Nodes {
-		if r.d.Nodes[i].Host == n.Host {
-			r.d.Nodes[i] = n
-			r.store.save(r.d)
-			return
-		}
-	}
-	r.d.Nodes = append(r.d.Nodes, n)
-	r.store.save(r.d)
-}
-
-// Finish records the result and closes the log.
-func (r *Recorder) Finish(result Result, description string) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.d.Result, r.d.Description, r.d.Ended = result, description, time.Now()
-	fmt.Fprintf(r.w, "%s - op result %s: %s\n", time.Now().UTC().Format("15:04:05.000"), result, description)
-	r.w.Flush()
-	err := r.store.save(r.d)
-	if cerr := r.log.Close(); err == nil {
-		err = cerr
-	}
-	return err
+	b.WriteString(l.Time.UTC().Format("15:04:05.000"))
+	b.WriteByte(' ')
+	b.WriteString(host)
+	b.WriteByte(' ')
+	b.WriteString(l.Stream)
+	b.WriteByte(' ')
+	b.WriteString(l.Text)
+	b.WriteByte('\n')
 }

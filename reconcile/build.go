@@ -68,11 +68,11 @@ func (r *Reconciler) build(ctx context.Context, run *run) error {
 	if p.Artifact != "" {
 		run.artifact = p.Artifact
 		run.phaseNote = "skipped: the artifact of " + short(sha) + " exists (sha256 " + p.Artifact[:12] + ")"
-		r.progress("build: skipped, artifact of %s exists", short(sha))
+		run.progress("build: skipped, artifact of %s exists", short(sha))
 		return nil
 	}
 	r.report(run, Pending, "building")
-	r.progress("build: on %s", p.Build.Name)
+	run.progress("build: on %s", p.Build.Name)
 	ws := hosts.Workspace{Dir: p.Manifest.Build.Dir}
 	c, err := ws.Prepare()
 	if err != nil {
@@ -114,7 +114,7 @@ func (r *Reconciler) build(ctx context.Context, run *run) error {
 			}
 			if recorded[key] == print {
 				run.rec.Logf(p.Build.Name, "step %d skipped: %s unchanged since it last succeeded: %s", i+1, strings.Join(step.WhenChanged, ", "), step.Run)
-				r.progress("build: step %d skipped (%s unchanged)", i+1, strings.Join(step.WhenChanged, ", "))
+				run.progress("build: step %d skipped (%s unchanged)", i+1, strings.Join(step.WhenChanged, ", "))
 				continue
 			}
 			// Forget the record first: a step that fails after its inputs
@@ -128,7 +128,7 @@ func (r *Reconciler) build(ctx context.Context, run *run) error {
 				}
 			}
 		}
-		r.progress("build: step %d: %s", i+1, step.Run)
+		run.progress("build: step %d: %s", i+1, step.Run)
 		started := time.Now()
 		if err := run.timed("build step", func() error {
 			return run.exec(ctx, p.Build, "build", hosts.ShellCmd(ws.Dir, step.Run, env), nil)

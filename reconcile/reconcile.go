@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/clusterops/operator/gitsrc"
@@ -87,6 +88,24 @@ type Reconciler struct {
 	// Progress, when set, receives a line per phase and node step, for a
 	// person following the deploy.
 	Progress func(line string)
+
+	stopping atomic.Bool
+}
+
+// StopSoon asks a running Sync to stop at the next safe point: before its
+// next phase, or before the next node of the rollout. The node being
+// updated finishes (or is rolled back) first, so no node is left stopped.
+// The deploy ends with an error saying the operator stopped.
+func (r *Reconciler) StopSoon() { r.stopping.Store(true) }
+
+// ErrStopping is why a deploy ended when the operator was asked to stop.
+var ErrStopping = errors.New("the operator is stopping; the next run finishes the deploy")
+
+func (r *Reconciler) checkStop() error {
+	if r.stopping.Load() {
+		return ErrStopping
+	}
+	return nil
 }
 
 // Class says what a failed deploy needs, so the status and the retry
@@ -147,19 +166,28 @@ type Outcome struct {
 // Sync reconciles the environment once: it looks at the repo and the hosts,
 // and deploys the branch head when any node is not running it. It returns
 // the outcome and, when the deploy did not succeed, a *DeployError.
-func (r *Reconciler) Sync(ctx context.Context, trigger string) (out *Outcome, err error) {
+func (r *Reconciler) Sync(ctx context.Context, trigger string) (*Outcome, error) {
 	plan, err := r.Plan(ctx)
 	if plan == nil {
 		return nil, err
 	}
+	return r.deploy(ctx, trigger, plan, err, nil)
+}
+
+// deploy carries out plan (found with planErr); onBegin, when set, learns
+// the deploy's record as soon as it exists.
+func (r *Reconciler) deploy(ctx context.Context, trigger string, plan *Plan, planErr error, onBegin func(*history.Recorder)) (out *Outcome, err error) {
 	out = &Outcome{Plan: plan}
-	if err == nil && plan.NothingToDo() {
-		r.progress("nothing to do: every node of %s runs %s", r.Env, plan.Commit.SHA[:12])
+	if planErr == nil && plan.NothingToDo() {
+		r.progress("nothing to do: every node of %s runs %s", r.Env, short(plan.Commit.SHA))
 		return out, nil
 	}
-	rec, berr := r.History.Begin(r.Env, plan.Commit.SHA, plan.Commit.Subject, trigger)
-	if berr != nil {
-		return out, berr
+	rec, err := r.History.Begin(r.Env, plan.Commit.SHA, plan.Commit.Subject, trigger)
+	if err != nil {
+		return out, err
+	}
+	if onBegin != nil {
+		onBegin(rec)
 	}
 	run := &run{r: r, plan: plan, rec: rec, started: time.Now()}
 	defer func() {
@@ -168,8 +196,8 @@ func (r *Reconciler) Sync(ctx context.Context, trigger string) (out *Outcome, er
 		out.Deploy = &d
 	}()
 	r.report(run, Pending, "queued")
-	if err != nil { // the plan itself failed: bad manifest, unreachable host
-		return out, err
+	if planErr != nil { // the plan itself failed: bad manifest, unreachable host
+		return out, planErr
 	}
 	steps := []struct {
 		name string
@@ -182,6 +210,9 @@ func (r *Reconciler) Sync(ctx context.Context, trigger string) (out *Outcome, er
 		{"prune", r.prune},
 	}
 	for _, s := range steps {
+		if err := r.checkStop(); err != nil {
+			return out, &DeployError{Class: ClassError, Phase: s.name, Err: err}
+		}
 		started := time.Now()
 		if err := s.fn(ctx, run); err != nil {
 			rec.Phase(s.name, started, "failed: "+err.Error())
@@ -209,10 +240,14 @@ func (r *Reconciler) finish(run *run, err error) {
 		if errors.As(err, &de) && de.Class == ClassError {
 			result, state = history.Error, Error
 		}
+		if errors.Is(err, ErrStopping) {
+			// Not the commit's fault, and not over: the next run goes on.
+			result, state = history.Interrupted, Pending
+		}
 	}
 	run.rec.Finish(result, desc)
 	r.report(run, state, desc)
-	r.progress("%s: %s", result, desc)
+	run.progress("%s: %s", result, desc)
 	log := r.logger().With("env", r.Env, "revision", run.plan.Commit.SHA, "duration", time.Since(run.started).Round(time.Millisecond))
 	if err != nil {
 		log.Error("deploy ended", "result", result, "err", err)
@@ -238,6 +273,16 @@ func (r *Reconciler) logger() *slog.Logger {
 func (r *Reconciler) progress(format string, args ...any) {
 	if r.Progress != nil {
 		r.Progress(fmt.Sprintf(format, args...))
+	}
+}
+
+// progress tells a person following the deploy, and writes the line to the
+// deploy's log as stream "progress", which `operator sync --wait` follows.
+func (run *run) progress(format string, args ...any) {
+	line := fmt.Sprintf(format, args...)
+	run.rec.Line("", "progress", line)
+	if run.r.Progress != nil {
+		run.r.Progress(line)
 	}
 }
 

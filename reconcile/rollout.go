@@ -38,11 +38,11 @@ func (r *Reconciler) migrate(ctx context.Context, run *run) error {
 	}
 	if len(out) > 0 {
 		run.phaseNote = "skipped: already migrated for " + short(sha) + " on " + first.Name()
-		r.progress("migrate: already done for %s", short(sha))
+		run.progress("migrate: already done for %s", short(sha))
 		return nil
 	}
 	r.report(run, Pending, "migrating")
-	r.progress("migrate: on %s", first.Name())
+	run.progress("migrate: on %s", first.Name())
 	env, err := r.releaseEnv(p, first, sha)
 	if err != nil {
 		return err
@@ -105,9 +105,15 @@ func (r *Reconciler) rollout(ctx context.Context, run *run) error {
 	batch := max(p.Manifest.Rollout.Batch, 1)
 	for i := 0; i < len(todo); i += batch {
 		nodes := todo[i:min(i+batch, len(todo))]
+		if err := r.checkStop(); err != nil {
+			for _, n := range todo[i:] {
+				run.rec.Node(history.NodeResult{Host: n.Name(), From: n.Current, To: n.Current, Outcome: "untouched"})
+			}
+			return &DeployError{Class: ClassError, Phase: "rollout", Err: err}
+		}
 		r.report(run, Pending, fmt.Sprintf("rolling out %d/%d", i+len(nodes), len(todo)))
 		err := forEach(nodes, func(n *Node) error {
-			r.progress("rollout %d/%d: %s", slices.Index(todo, n)+1, len(todo), n.Name())
+			run.progress("rollout %d/%d: %s", slices.Index(todo, n)+1, len(todo), n.Name())
 			return r.updateNode(ctx, run, n, alive)
 		})
 		if err != nil {
@@ -169,7 +175,7 @@ func (r *Reconciler) updateNode(ctx context.Context, run *run, n *Node, alive *l
 		de = &DeployError{Class: classOf(err), Phase: "rollout", Host: n.Name(), Err: err}
 	}
 	run.rec.Logf(n.Name(), "%s failed: %v; rolling back to %s", de.Check, de.Err, orNone(short(prev)))
-	r.progress("rollout: %s failed %s: rolling back to %s", n.Name(), de.Check, orNone(short(prev)))
+	run.progress("rollout: %s failed %s: rolling back to %s", n.Name(), de.Check, orNone(short(prev)))
 	outcome := r.rollbackNode(ctx, run, n, sha, prev, alive)
 	run.rec.Node(history.NodeResult{Host: n.Name(), From: prev, To: prev, Outcome: fmt.Sprintf("rolled back after %s failed: %s", de.Check, outcome)})
 	return de

@@ -26,7 +26,7 @@ func (r *Reconciler) stage(ctx context.Context, run *run) error {
 	layout := hosts.Layout{DeployTo: p.Env.DeployTo}
 	ws := hosts.Workspace{Dir: p.Manifest.Build.Dir}
 	r.report(run, Pending, "staging")
-	r.progress("stage: on %d nodes", len(p.Nodes))
+	run.progress("stage: on %d nodes", len(p.Nodes))
 
 	var lacking []*Node
 	for _, n := range p.Nodes {

@@ -30,11 +30,14 @@ type command struct {
 
 // commands lists every subcommand, in the order usage shows them.
 var commands = []command{
-	{"sync", "reconcile now (--once: in this process, without a daemon)", runSync},
+	{"run", "the daemon: poll, webhook, API, metrics; deploys by itself", runDaemon},
+	{"sync", "reconcile now through the daemon (--wait to follow), or --once in this process", runSync},
 	{"plan", "say what a sync would do, changing nothing", runPlan},
 	{"status", "show the desired commit, each node's commit and the last deploy", runStatus},
 	{"history", "list the deploys", runHistory},
 	{"logs", "print a deploy's log", runLogs},
+	{"lock", "hold automatic deploys: lock --reason TEXT", runLock},
+	{"unlock", "release the lock", runUnlock},
 	{"hosts", "hosts check: SSH reachability, host keys, round trip, membership now", runHosts},
 	{"validate", "check a manifest without touching any host", runValidate},
 	{"version", "print the operator's version", runVersion},

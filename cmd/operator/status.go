@@ -4,11 +4,13 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net/http"
 	"strconv"
 	"text/tabwriter"
 	"time"
 
 	"github.com/clusterops/operator/history"
+	"github.com/clusterops/operator/server"
 )
 
 // runStatus shows the desired commit, what each node runs, and the last
@@ -52,6 +54,9 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		fmt.Fprintf(stderr, "operator status: %v\n", perr)
 		code = 1
 	}
+	if lock, err := op.history.LockOf(cfg.Environment); err == nil && lock != nil {
+		fmt.Fprintf(stdout, "LOCKED by %s since %s: %s (operator unlock releases it)\n", lock.Who, lock.Since.Local().Format("2006-01-02 15:04"), lock.Reason)
+	}
 	if last, err := op.history.List(1); err == nil && len(last) > 0 {
 		d := last[0]
 		fmt.Fprintf(stdout, "last deploy %d: %s of %s, %s, %s\n", d.ID, d.Result, short(d.Commit), ago(d.Started), d.Description)
@@ -62,7 +67,7 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int
 }
 
 // runHistory lists the deploys, newest first.
-func runHistory(_ context.Context, args []string, stdout, stderr io.Writer) int {
+func runHistory(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	f := newOpFlags("history", stderr)
 	limit := f.fs.Int("n", 20, "show at most `n` deploys")
 	if code := parseFlags(f.fs, args); code >= 0 {
@@ -73,12 +78,17 @@ func runHistory(_ context.Context, args []string, stdout, stderr io.Writer) int 
 		fmt.Fprintf(stderr, "operator history: %v\n", err)
 		return 2
 	}
-	hist, err := history.Open(cfg.StateDir)
-	if err != nil {
-		fmt.Fprintf(stderr, "operator history: %v\n", err)
-		return 1
+	// Through the daemon when one runs; straight from the database when not.
+	var list []*history.Deploy
+	if c := newAPIClient(cfg); c.token != "" && c.up(ctx) {
+		_, err = c.do(ctx, http.MethodGet, fmt.Sprintf("/api/deploys?limit=%d", *limit), nil, &list)
+	} else {
+		var hist *history.Store
+		if hist, err = history.Open(cfg.StateDir); err == nil {
+			defer hist.Close()
+			list, err = hist.List(*limit)
+		}
 	}
-	list, err := hist.List(*limit)
 	if err != nil {
 		fmt.Fprintf(stderr, "operator history: %v\n", err)
 		return 1
@@ -97,7 +107,7 @@ func runHistory(_ context.Context, args []string, stdout, stderr io.Writer) int 
 }
 
 // runLogs prints one deploy's log.
-func runLogs(_ context.Context, args []string, stdout, stderr io.Writer) int {
+func runLogs(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	f := newOpFlags("logs", stderr)
 	if err := f.fs.Parse(args); err != nil {
 		return 2
@@ -116,11 +126,33 @@ func runLogs(_ context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "operator logs: %v\n", err)
 		return 2
 	}
+	if c := newAPIClient(cfg); c.token != "" && c.up(ctx) {
+		var after int64
+		for {
+			var page server.LogPage
+			if _, err := c.do(ctx, http.MethodGet, fmt.Sprintf("/api/deploys/%d/log?after=%d", id, after), nil, &page); err != nil {
+				fmt.Fprintf(stderr, "operator logs: %v\n", err)
+				return 1
+			}
+			for _, l := range page.Lines {
+				host := l.Host
+				if host == "" {
+					host = "-"
+				}
+				fmt.Fprintf(stdout, "%s %s %s %s\n", l.Time.UTC().Format("15:04:05.000"), host, l.Stream, l.Text)
+			}
+			if len(page.Lines) == 0 {
+				return 0
+			}
+			after = page.Next
+		}
+	}
 	hist, err := history.Open(cfg.StateDir)
 	if err != nil {
 		fmt.Fprintf(stderr, "operator logs: %v\n", err)
 		return 1
 	}
+	defer hist.Close()
 	rc, err := hist.Log(id)
 	if err != nil {
 		fmt.Fprintf(stderr, "operator logs: %v\n", err)

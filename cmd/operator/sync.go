@@ -2,31 +2,35 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"sort"
 	"strings"
 	"time"
 
 	"github.com/clusterops/operator/history"
+	"github.com/clusterops/operator/server"
 )
 
-// runSync reconciles the environment now. With --once it deploys in this
+// runSync reconciles the environment now: through the running daemon found
+// at `listen` (the API, with OPERATOR_API_TOKEN), or with --once in this
 // process, without a daemon, printing each phase as it goes.
 func runSync(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	f := newOpFlags("sync", stderr)
 	once := f.fs.Bool("once", false, "reconcile in this process, without a daemon, and exit: 0 on success or nothing to do, 1 on failure")
+	wait := f.fs.Bool("wait", false, "follow the deploy's progress until it ends; exit 1 if it failed")
 	if code := parseFlags(f.fs, args); code >= 0 {
 		return code
-	}
-	if !*once {
-		fmt.Fprintln(stderr, "operator sync: only --once is available in this version: the daemon (operator run) it would talk to is not there yet")
-		return 2
 	}
 	cfg, log, err := f.load(stderr)
 	if err != nil {
 		fmt.Fprintf(stderr, "operator sync: %v\n", err)
 		return 2
+	}
+	if !*once {
+		return syncThroughDaemon(ctx, newAPIClient(cfg), *wait, stdout, stderr)
 	}
 	op, err := wire(cfg, log)
 	if err != nil {
@@ -107,4 +111,125 @@ func spent(d *history.Deploy) string {
 		parts = append(parts, fmt.Sprintf("other %v", rest.Round(10*time.Millisecond)))
 	}
 	return strings.Join(parts, ", ")
+}
+
+func syncThroughDaemon(ctx context.Context, c *apiClient, wait bool, stdout, stderr io.Writer) int {
+	var res server.SyncResult
+	if _, err := c.do(ctx, http.MethodPost, "/api/sync", nil, &res); err != nil {
+		fmt.Fprintf(stderr, "operator sync: %v\n", err)
+		if errors.Is(err, errNoDaemon) {
+			fmt.Fprintln(stderr, "operator sync: start the daemon (operator run), or deploy without one: operator sync --once")
+		}
+		return 1
+	}
+	id := res.DeployID
+	switch res.Status {
+	case "started":
+		fmt.Fprintf(stdout, "deploy %d started\n", id)
+	case "joined":
+		fmt.Fprintf(stdout, "deploy %d of the head is already running: following it\n", id)
+	case "noop":
+		fmt.Fprintf(stdout, "%s\n", res.Note)
+		return 0
+	case "queued":
+		fmt.Fprintf(stdout, "queued behind deploy %d\n", res.Behind)
+	default:
+		fmt.Fprintf(stderr, "operator sync: refused: %s\n", res.Note)
+		return 1
+	}
+	if !wait {
+		return 0
+	}
+	if res.Status == "queued" {
+		next, err := c.waitBehind(ctx, res.Behind)
+		if err != nil {
+			fmt.Fprintf(stderr, "operator sync: %v\n", err)
+			return 1
+		}
+		if next == 0 {
+			fmt.Fprintln(stdout, "nothing to do after the running deploy")
+			return 0
+		}
+		id = next
+		fmt.Fprintf(stdout, "deploy %d started\n", id)
+	}
+	code, err := c.follow(ctx, id, stdout)
+	if err != nil {
+		fmt.Fprintf(stderr, "operator sync: %v\n", err)
+	}
+	return code
+}
+
+// runLock holds automatic deploys of the environment until unlock; the
+// reason shows in status, the API and the page. It survives restarts.
+func runLock(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	f := newOpFlags("lock", stderr)
+	reason := f.fs.String("reason", "", "why deploys are held (required)")
+	if code := parseFlags(f.fs, args); code >= 0 {
+		return code
+	}
+	if strings.TrimSpace(*reason) == "" {
+		fmt.Fprintln(stderr, "operator lock: --reason is required")
+		return 2
+	}
+	return lockOrUnlock(ctx, f, stdout, stderr, *reason)
+}
+
+// runUnlock releases the lock.
+func runUnlock(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	f := newOpFlags("unlock", stderr)
+	if code := parseFlags(f.fs, args); code >= 0 {
+		return code
+	}
+	return lockOrUnlock(ctx, f, stdout, stderr, "")
+}
+
+// lockOrUnlock goes through the daemon when one runs (so it wakes up at
+// once on unlock), or straight to the database.
+func lockOrUnlock(ctx context.Context, f *opFlags, stdout, stderr io.Writer, reason string) int {
+	name := "unlock"
+	if reason != "" {
+		name = "lock"
+	}
+	cfg, _, err := f.load(stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "operator %s: %v\n", name, err)
+		return 2
+	}
+	who := currentUser()
+	c := newAPIClient(cfg)
+	if c.token != "" && c.up(ctx) {
+		var err error
+		if reason != "" {
+			_, err = c.do(ctx, http.MethodPost, "/api/lock", map[string]string{"reason": reason}, nil)
+		} else {
+			_, err = c.do(ctx, http.MethodDelete, "/api/lock", nil, nil)
+		}
+		if err != nil {
+			fmt.Fprintf(stderr, "operator %s: %v\n", name, err)
+			return 1
+		}
+	} else {
+		hist, err := history.Open(cfg.StateDir)
+		if err != nil {
+			fmt.Fprintf(stderr, "operator %s: %v\n", name, err)
+			return 1
+		}
+		defer hist.Close()
+		if reason != "" {
+			err = hist.Lock(cfg.Environment, reason, who)
+		} else {
+			err = hist.Unlock(cfg.Environment)
+		}
+		if err != nil {
+			fmt.Fprintf(stderr, "operator %s: %v\n", name, err)
+			return 1
+		}
+	}
+	if reason != "" {
+		fmt.Fprintf(stdout, "%s locked: %s\n", cfg.Environment, reason)
+	} else {
+		fmt.Fprintf(stdout, "%s unlocked\n", cfg.Environment)
+	}
+	return 0
 }

@@ -128,7 +128,10 @@ func wire(cfg *config.Config, log *slog.Logger) (*operator, error) {
 	}, nil
 }
 
-func (o *operator) Close() { o.pool.Close() }
+func (o *operator) Close() {
+	o.pool.Close()
+	o.history.Close()
+}
 
 // errLocked is returned when another deploy of the environment runs.
 var errLocked = errors.New("another deploy of this environment is running")

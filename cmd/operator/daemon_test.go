@@ -1,0 +1,431 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/clusterops/operator/history"
+	"github.com/clusterops/operator/testbed"
+)
+
+// daemonBed is a test bed with the example app in a repository and an
+// operator.yaml for it.
+type daemonBed struct {
+	t      *testing.T
+	bed    *testbed.Bed
+	repo   *testbed.AppRepo
+	config string
+	listen string
+	state  string
+}
+
+const (
+	testAPIToken = "api-token-for-tests"
+	testSecret   = "webhook-secret-for-tests"
+)
+
+func newDaemonBed(t *testing.T) *daemonBed {
+	t.Helper()
+	ctx := t.Context()
+	bed := testbed.Start(t, "build", "n1", "n2", "n3", "lb")
+	src, _ := filepath.Abs("../../examples/cluster-app")
+	if err := testbed.PrimeNPMCache(ctx, filepath.Join(src, "assets"), testbed.NPMCache); err != nil {
+		t.Fatal(err)
+	}
+	if err := bed.Host("build").UseNPMCache(testbed.NPMCache); err != nil {
+		t.Fatal(err)
+	}
+	var nodes []*testbed.Host
+	var backends []testbed.Backend
+	for _, n := range []string{"n1", "n2", "n3"} {
+		nodes = append(nodes, bed.Host(n))
+		backends = append(backends, testbed.Backend{Name: n, Addr: bed.Host(n).Addr.String() + ":4000"})
+	}
+	if err := testbed.SeedShared(ctx, nodes, "/srv/chat", "daemon-cookie-0123456789"); err != nil {
+		t.Fatal(err)
+	}
+	if err := bed.Host("lb").StartHAProxy(ctx, "chat", backends); err != nil {
+		t.Fatal(err)
+	}
+	repo, err := testbed.NewAppRepo(ctx, bed, src, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &daemonBed{t: t, bed: bed, repo: repo, listen: freePort(t), state: t.TempDir()}
+	d.config = filepath.Join(t.TempDir(), "operator.yaml")
+	cfg := fmt.Sprintf("repo: %s\nstate_dir: %s\nlisten: %s\npoll: \"\"\nssh:\n  identity: %s\n  known_hosts: %s\ngithub:\n  repository: acme/chat\n",
+		repo.Bare, d.state, d.listen, bed.ClientKey, bed.KnownHosts)
+	if err := os.WriteFile(d.config, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("OPERATOR_API_TOKEN", testAPIToken)
+	t.Setenv("OPERATOR_WEBHOOK_SECRET", testSecret)
+	t.Setenv("GITHUB_TOKEN", "")
+	return d
+}
+
+func freePort(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// daemon is an `operator run` in this process.
+type daemon struct {
+	cancel context.CancelFunc
+	done   chan int
+	out    *syncBuffer
+	once   sync.Once
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func (d *daemonBed) start() *daemon {
+	d.t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	dm := &daemon{cancel: cancel, done: make(chan int, 1), out: &syncBuffer{}}
+	go func() {
+		dm.done <- run(ctx, []string{"run", "--config", d.config, "--log-format", "json", "--shutdown-grace", "2m"}, dm.out, dm.out)
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if resp, err := http.Get("http://" + d.listen + "/healthz"); err == nil {
+			resp.Body.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			d.t.Fatalf("the daemon did not come up:\n%s", dm.out)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	d.t.Cleanup(func() { dm.stop(d.t) })
+	return dm
+}
+
+// stop stops the daemon as SIGTERM would and waits for it.
+func (dm *daemon) stop(t *testing.T) {
+	dm.once.Do(func() {
+		dm.cancel()
+		select {
+		case code := <-dm.done:
+			if code != 0 {
+				t.Errorf("the daemon exited %d:\n%s", code, dm.out)
+			}
+		case <-time.After(3 * time.Minute):
+			t.Errorf("the daemon did not stop")
+		}
+	})
+}
+
+// cli runs an operator command in this process.
+func (d *daemonBed) cli(args ...string) (int, string) {
+	var out bytes.Buffer
+	code := run(d.t.Context(), append(args, "--config", d.config), &out, &out)
+	d.t.Logf("$ operator %s → %d\n%s", strings.Join(args, " "), code, out.String())
+	return code, out.String()
+}
+
+func (d *daemonBed) api(method, path string, out any) int {
+	d.t.Helper()
+	req, _ := http.NewRequest(method, "http://"+d.listen+path, nil)
+	req.Header.Set("Authorization", "Bearer "+testAPIToken)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if out != nil {
+		json.NewDecoder(resp.Body).Decode(out)
+	}
+	return resp.StatusCode
+}
+
+// deploys returns the history, oldest first.
+func (d *daemonBed) deploys() []history.Deploy {
+	var list []history.Deploy
+	d.api("GET", "/api/deploys?limit=1000", &list)
+	for i, j := 0, len(list)-1; i < j; i, j = i+1, j-1 {
+		list[i], list[j] = list[j], list[i]
+	}
+	return list
+}
+
+// idle waits until the worker runs nothing and has nothing pending.
+func (d *daemonBed) idle() {
+	d.t.Helper()
+	deadline := time.Now().Add(3 * time.Minute)
+	quiet := 0
+	for quiet < 3 {
+		var st workerStatus
+		d.api("GET", "/api/status", &st)
+		if st.Running == nil && st.Pending == 0 && !st.Busy {
+			quiet++
+		} else {
+			quiet = 0
+		}
+		if time.Now().After(deadline) {
+			d.t.Fatal("the worker did not go idle within 3 minutes")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func sign(body []byte) string {
+	m := hmac.New(sha256.New, []byte(testSecret))
+	m.Write(body)
+	return "sha256=" + hex.EncodeToString(m.Sum(nil))
+}
+
+// deliver sends one signed push webhook for commit.
+func (d *daemonBed) deliver(client *http.Client, delivery, commit string) int {
+	body := []byte(fmt.Sprintf(`{"ref":"refs/heads/main","before":"%s","after":"%s","created":false,"deleted":false,"forced":false,"repository":{"full_name":"acme/chat"},"head_commit":{"id":"%s","message":"x"},"pusher":{"name":"dev"}}`,
+		strings.Repeat("0", 40), commit, commit))
+	req, _ := http.NewRequest("POST", "http://"+d.listen+"/hooks/github", bytes.NewReader(body))
+	req.Header.Set("X-GitHub-Event", "push")
+	req.Header.Set("X-GitHub-Delivery", delivery)
+	req.Header.Set("X-Hub-Signature-256", sign(body))
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := client.Do(req)
+	if err != nil {
+		d.t.Error(err)
+		return 0
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+func TestDaemon(t *testing.T) {
+	d := newDaemonBed(t)
+	dm := d.start()
+
+	// At start the daemon reconciles what the hosts say: a first deploy.
+	d.idle()
+	list := d.deploys()
+	if len(list) != 1 || list[0].Result != history.Success || list[0].Trigger != "start" {
+		t.Fatalf("after start: %+v\n%s", list, dm.out)
+	}
+
+	t.Run("sync --wait with nothing to do", func(t *testing.T) {
+		if code, out := d.cli("sync", "--wait"); code != 0 || !strings.Contains(out, "nothing to do") {
+			t.Fatalf("exit %d: %s", code, out)
+		}
+	})
+
+	t.Run("lock holds a webhook's deploy until unlock", func(t *testing.T) {
+		if code, _ := d.cli("lock", "--reason", "incident 42"); code != 0 {
+			t.Fatal("lock failed")
+		}
+		c1, err := d.repo.Commit(t.Context(), "held", testbed.AppendLine("lib/chat.ex", "# held"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if code := d.deliver(http.DefaultClient, "held-1", c1); code != http.StatusAccepted {
+			t.Fatalf("webhook: %d", code)
+		}
+		time.Sleep(time.Second)
+		var st workerStatus
+		d.api("GET", "/api/status", &st)
+		if st.Lock == nil || st.Lock.Reason != "incident 42" || st.Pending != 1 || st.Running != nil {
+			t.Fatalf("while locked: %+v", st)
+		}
+		if code, out := d.cli("status"); code != 0 || !strings.Contains(out, "incident 42") {
+			t.Errorf("status does not show the lock: %s", out)
+		}
+		if code, out := d.cli("sync"); code == 0 || !strings.Contains(out, "incident 42") {
+			t.Errorf("a manual sync while locked: exit %d: %s", code, out)
+		}
+		if n := len(d.deploys()); n != 1 {
+			t.Fatalf("%d deploys while locked, want 1", n)
+		}
+		if code, _ := d.cli("unlock"); code != 0 {
+			t.Fatal("unlock failed")
+		}
+		d.idle()
+		list := d.deploys()
+		if len(list) != 2 || list[1].Commit != c1 || list[1].Result != history.Success || list[1].Trigger != "webhook held-1" {
+			t.Fatalf("after unlock: %+v\n%s", list, dm.out)
+		}
+	})
+
+	t.Run("a flood of deliveries during a deploy coalesces", func(t *testing.T) {
+		before := len(d.deploys())
+		first, err := d.repo.Commit(t.Context(), "flood 0", testbed.AppendLine("lib/chat.ex", "# flood 0"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if code := d.deliver(http.DefaultClient, "flood-start", first); code != http.StatusAccepted {
+			t.Fatalf("webhook: %d", code)
+		}
+		waitRunning(t, d)
+		var commits []string
+		for i := 1; i <= 10; i++ {
+			c, err := d.repo.Commit(t.Context(), fmt.Sprintf("flood %d", i), testbed.AppendLine("lib/chat.ex", fmt.Sprintf("# flood %d", i)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			commits = append(commits, c)
+		}
+		client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 16}}
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		codes := map[int]int{}
+		for g := 0; g < 10; g++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := 0; i < 100; i++ {
+					code := d.deliver(client, fmt.Sprintf("flood-%d-%d", g, i), commits[(g+i)%10])
+					mu.Lock()
+					codes[code]++
+					mu.Unlock()
+				}
+			}()
+		}
+		wg.Wait()
+		if codes[http.StatusAccepted] != 1000 {
+			t.Fatalf("answers to 1,000 deliveries: %v", codes)
+		}
+		d.idle()
+		list := d.deploys()[before:]
+		if len(list) != 2 || list[0].Commit != first || list[1].Commit != commits[9] {
+			var got []string
+			for _, l := range list {
+				got = append(got, fmt.Sprintf("%d %s %s", l.ID, l.Commit[:12], l.Result))
+			}
+			t.Fatalf("deploys after the flood: %v, want 2: %s then the newest head %s", got, first[:12], commits[9][:12])
+		}
+		for _, l := range list {
+			if l.Result != history.Success {
+				t.Errorf("deploy %d: %s", l.ID, l.Result)
+			}
+		}
+	})
+
+	t.Run("sync --wait exits 1 on a failed deploy", func(t *testing.T) {
+		if _, err := d.repo.Commit(t.Context(), "migration fails", func(work string) error {
+			os.MkdirAll(work+"/priv", 0o755)
+			return os.WriteFile(work+"/priv/MIGRATE_FAIL", []byte("x"), 0o644)
+		}); err != nil {
+			t.Fatal(err)
+		}
+		code, out := d.cli("sync", "--wait")
+		if code != 1 || !strings.Contains(out, "migrate") || !strings.Contains(out, "failure") {
+			t.Fatalf("exit %d: %s", code, out)
+		}
+		// Fixed by the next commit: exit 0.
+		if _, err := d.repo.Commit(t.Context(), "migration fixed", func(work string) error { return os.Remove(work + "/priv/MIGRATE_FAIL") }); err != nil {
+			t.Fatal(err)
+		}
+		if code, out := d.cli("sync", "--wait"); code != 0 || !strings.Contains(out, "success") {
+			t.Fatalf("exit %d: %s", code, out)
+		}
+	})
+
+	t.Run("a restart mid-deploy", func(t *testing.T) {
+		next, err := d.repo.Commit(t.Context(), "restart", testbed.AppendLine("lib/chat.ex", "# restart"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var res struct {
+			Deploy int64 `json:"deploy"`
+		}
+		if code := d.api("POST", "/api/sync", &res); code != http.StatusAccepted || res.Deploy == 0 {
+			t.Fatalf("sync: %d %+v", code, res)
+		}
+		waitProgress(t, d, res.Deploy, "rollout 2/3")
+		dm.stop(t) // as SIGTERM: n2 finishes, n3 is not touched
+		got, err := openHistory(d.state).Get(res.Deploy)
+		if err != nil || got.Result != history.Interrupted {
+			t.Fatalf("the stopped deploy: %+v, %v", got, err)
+		}
+		for _, n := range []string{"n1", "n2", "n3"} {
+			if out, err := d.bed.Host(n).Sh(t.Context(), "cd /srv/chat/current && RELEASE_NODE=chat@"+d.bed.Host(n).Addr.String()+" RELEASE_DISTRIBUTION=name bin/chat pid"); err != nil {
+				t.Errorf("%s is not running after the stop: %v %s", n, err, out)
+			}
+		}
+		dm = d.start()
+		d.idle()
+		list := d.deploys()
+		last := list[len(list)-1]
+		if last.Commit != next || last.Result != history.Success || last.Trigger != "start" {
+			t.Fatalf("after the restart: %+v", last)
+		}
+	})
+}
+
+func openHistory(state string) *history.Store {
+	h, err := history.Open(state)
+	if err != nil {
+		panic(err)
+	}
+	return h
+}
+
+func waitRunning(t *testing.T, d *daemonBed) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var st workerStatus
+		d.api("GET", "/api/status", &st)
+		if st.Running != nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no deploy started")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func waitProgress(t *testing.T, d *daemonBed, id int64, prefix string) {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		var page struct {
+			Lines []history.LogLine `json:"lines"`
+		}
+		d.api("GET", fmt.Sprintf("/api/deploys/%d/log", id), &page)
+		for _, l := range page.Lines {
+			if l.Stream == "progress" && strings.HasPrefix(l.Text, prefix) {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("deploy %d never reached %q", id, prefix)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}

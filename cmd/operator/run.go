@@ -1,0 +1,189 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/clusterops/operator/config"
+	"github.com/clusterops/operator/gitsrc"
+	"github.com/clusterops/operator/history"
+	"github.com/clusterops/operator/metrics"
+	"github.com/clusterops/operator/reconcile"
+	"github.com/clusterops/operator/server"
+)
+
+// runDaemon is `operator run`: it polls the repo, serves the webhook, the
+// API and the metrics, and deploys with one worker for the environment.
+// SIGTERM or SIGINT stop it: triggers are refused, the deploy in progress
+// stops at its next safe point (the node being updated finishes or is
+// rolled back first), bounded by --shutdown-grace.
+func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	f := newOpFlags("run", stderr)
+	grace := f.fs.Duration("shutdown-grace", 3*time.Minute, "how long a stop waits for the node being updated")
+	if code := parseFlags(f.fs, args); code >= 0 {
+		return code
+	}
+	cfg, log, err := f.load(stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "operator run: %v\n", err)
+		return 2
+	}
+	secrets := config.SecretsFromEnv()
+	op, err := wire(cfg, log)
+	if err != nil {
+		log.Error("cannot start", "err", err)
+		return 1
+	}
+	defer op.Close()
+	release, err := op.lockEnv()
+	if err != nil {
+		log.Error("cannot start", "err", err)
+		return 1
+	}
+	defer release()
+	if secrets.GitHubToken == "" {
+		log.Warn("GITHUB_TOKEN is not set: commit statuses are off")
+	}
+
+	worker := &reconcile.Worker{R: op.rec, Locks: op.history, Log: log}
+	m := metrics.New(func() float64 { return float64(worker.Status().Pending) })
+	worker.OnDeploy = m.DeployEnded
+
+	var hook http.Handler
+	switch {
+	case secrets.WebhookSecret == "":
+		log.Warn("OPERATOR_WEBHOOK_SECRET is not set: the webhook route is off")
+	case cfg.GitHub.Repository == "":
+		log.Warn("the webhook route is off: set github.repository (owner/name) to say which repository's pushes count")
+	default:
+		wh, err := gitsrc.NewWebhook(gitsrc.WebhookOptions{
+			Secret: []byte(secrets.WebhookSecret), Repository: cfg.GitHub.Repository, Branch: cfg.Branch,
+			OnPush: func(p gitsrc.Push) {
+				worker.Enqueue(reconcile.Trigger{Kind: "webhook", Detail: p.Delivery, Commit: p.After})
+			},
+			OnOutcome: m.Webhook, Log: log,
+		})
+		if err != nil {
+			log.Error("cannot start", "err", err)
+			return 1
+		}
+		hook = wh
+	}
+	if secrets.APIToken == "" {
+		log.Warn("OPERATOR_API_TOKEN is not set: the API (operator sync, lock, …) is off")
+	}
+	handler := server.New(server.Options{
+		Controller: &controller{w: worker, hist: op.history, env: cfg.Environment, head: op.mirror.RemoteHead},
+		History:    op.history, APIToken: secrets.APIToken,
+		Webhook: hook, Metrics: m.Handler(), Log: log,
+	})
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		log.Error("cannot start", "err", err)
+		return 1
+	}
+	httpSrv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
+	go httpSrv.Serve(ln)
+	log.Info("operator running", "env", cfg.Environment, "listen", ln.Addr().String(), "repo", cfg.Repo, "branch", cfg.Branch)
+
+	var poller *gitsrc.Poller
+	if *cfg.Poll != "" {
+		poller = &gitsrc.Poller{Mirror: op.mirror, Spec: *cfg.Poll, Log: log, OnError: func(error) { m.PollError() },
+			OnHead: func(head string) { worker.Enqueue(reconcile.Trigger{Kind: "poll", Commit: head}) }}
+		if err := poller.Start(); err != nil {
+			log.Error("cannot start", "err", err)
+			return 1
+		}
+	}
+
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(sigs)
+	hard, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancel()
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		worker.Run(hard, stop)
+		close(done)
+	}()
+	// Whatever the hosts say at start is reconciled: a deploy interrupted by
+	// a restart is finished.
+	worker.Enqueue(reconcile.Trigger{Kind: "start"})
+
+	select {
+	case <-sigs:
+	case <-ctx.Done():
+	case <-done:
+	}
+	log.Info("stopping: no new triggers; the deploy in progress stops at its next safe point", "grace", *grace)
+	if poller != nil {
+		poller.Stop()
+	}
+	sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
+	httpSrv.Shutdown(sctx)
+	scancel()
+	close(stop)
+	select {
+	case <-done:
+	case <-time.After(*grace):
+		log.Error("the deploy in progress did not stop within the grace period; cancelling it")
+		cancel()
+		<-done
+	}
+	log.Info("stopped")
+	return 0
+}
+
+// controller adapts the worker to what the HTTP server asks of it.
+type controller struct {
+	w    *reconcile.Worker
+	hist *history.Store
+	env  string
+	// head asks the remote for the branch head, so a person's sync joins a
+	// running deploy only when that deploy is of the head.
+	head func(context.Context) (string, error)
+}
+
+func (c *controller) Sync(ctx context.Context, who string) server.SyncResult {
+	head, _ := c.head(ctx)
+	tk := c.w.Enqueue(reconcile.Trigger{Kind: "manual", Detail: "by " + who, Commit: head})
+	select {
+	case <-tk.Started():
+	case <-ctx.Done():
+		res := server.SyncResult{Status: "queued"}
+		if st := c.w.Status(); st.Running != nil {
+			res.Behind = st.Running.ID
+		}
+		return res
+	}
+	r := tk.Result()
+	switch {
+	case r.DeployID > 0 && r.Joined:
+		return server.SyncResult{Status: "joined", DeployID: r.DeployID}
+	case r.DeployID > 0:
+		return server.SyncResult{Status: "started", DeployID: r.DeployID}
+	case r.Noop:
+		return server.SyncResult{Status: "noop", Note: r.Note}
+	}
+	return server.SyncResult{Status: "refused", Note: r.Note}
+}
+
+func (c *controller) Status() any { return c.w.Status() }
+
+func (c *controller) Lock(reason, who string) error { return c.hist.Lock(c.env, reason, who) }
+
+func (c *controller) Unlock() error {
+	if err := c.hist.Unlock(c.env); err != nil {
+		return err
+	}
+	c.w.Nudge()
+	return nil
+}
