@@ -334,6 +334,28 @@ func TestDaemon(t *testing.T) {
 		}
 	})
 
+	t.Run("metrics", func(t *testing.T) {
+		resp, err := http.Get("http://" + d.listen + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		for _, want := range []string{
+			`operator_deploys_total{env="production",result="success"} 4`,
+			`operator_webhook_deliveries_total{outcome="accepted"} 1002`,
+			`operator_queue_depth 0`,
+			`operator_deploy_phase_duration_seconds_count{env="production",phase="rollout"} 4`,
+		} {
+			if !strings.Contains(string(body), want) {
+				t.Errorf("/metrics lacks %q", want)
+			}
+		}
+		if strings.Contains(string(body), testSecret) || strings.Contains(string(body), testAPIToken) {
+			t.Error("/metrics shows a secret")
+		}
+	})
+
 	t.Run("sync --wait exits 1 on a failed deploy", func(t *testing.T) {
 		if _, err := d.repo.Commit(t.Context(), "migration fails", func(work string) error {
 			os.MkdirAll(work+"/priv", 0o755)
