@@ -8,7 +8,9 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/clusterops/operator/gitsrc"
@@ -131,9 +133,9 @@ func (r *Reconciler) build(ctx context.Context, run *run) error {
 		run.progress("build: step %d: %s", i+1, step.Run)
 		started := time.Now()
 		if err := run.timed("build step", func() error {
-			return run.exec(ctx, p.Build, "build", hosts.ShellCmd(ws.Dir, step.Run, env), nil)
+			return run.execTail(ctx, p.Build, "build", fmt.Sprintf("step %d (%s)", i+1, step.Run), hosts.ShellCmd(ws.Dir, step.Run, env))
 		}); err != nil {
-			return &DeployError{Class: classOf(err), Phase: "build", Host: p.Build.Name, Err: fmt.Errorf("step %d (%s): %w", i+1, step.Run, err)}
+			return &DeployError{Class: classOf(err), Phase: "build", Host: p.Build.Name, Err: err}
 		}
 		run.rec.Logf(p.Build.Name, "step %d ran in %v", i+1, time.Since(started).Round(time.Millisecond))
 		if print != "" {
@@ -223,4 +225,74 @@ func (p *process) Wait() error {
 	go io.Copy(io.Discard, p.stdout)
 	<-p.done
 	return p.err
+}
+
+// tail keeps the last lines of a command's output (both streams) while
+// passing every line on to the deploy's log, so that a failure can say what
+// the command last printed: Mix prints compile errors on stdout.
+type tail struct {
+	next  hosts.LogSink
+	mu    sync.Mutex
+	lines []string
+}
+
+const tailLines = 6
+
+func (t *tail) Line(host, stream, line string) {
+	t.next.Line(host, stream, line)
+	if strings.TrimSpace(line) == "" {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.lines = append(t.lines, line)
+	if len(t.lines) > tailLines {
+		t.lines = t.lines[len(t.lines)-tailLines:]
+	}
+}
+
+func (t *tail) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return strings.Join(t.lines, " | ")
+}
+
+// commandFailed is a release or build command that failed, said briefly:
+// what it was, how it ended, what it printed last. It unwraps to the
+// *hosts.CommandError or connection error beneath.
+type commandFailed struct {
+	what string
+	out  string
+	err  error
+}
+
+func (e *commandFailed) Error() string {
+	var ce *hosts.CommandError
+	how := e.err.Error()
+	if errors.As(e.err, &ce) {
+		how = "exit status " + strconv.Itoa(ce.ExitCode)
+		if ce.Signal != "" {
+			how = "killed by signal " + ce.Signal
+		}
+	}
+	if e.out == "" {
+		return e.what + ": " + how
+	}
+	return e.what + ": " + how + ": " + e.out
+}
+
+func (e *commandFailed) Unwrap() error { return e.err }
+
+// execTail runs c like exec and, when it fails, returns a *commandFailed
+// naming what with the command's last output lines.
+func (run *run) execTail(ctx context.Context, t hosts.Target, step, what string, c hosts.Cmd) error {
+	tl := &tail{next: run.rec}
+	run.rec.Logf(t.Name, "$ %s", c.Redacted())
+	started := time.Now()
+	err := run.r.Fleet.Run(ctx, t, c, hosts.Exec{Step: step, Sink: tl})
+	if err != nil {
+		run.rec.Logf(t.Name, "%s failed after %v: %v", step, time.Since(started).Round(time.Millisecond), err)
+		return &commandFailed{what: what, out: tl.String(), err: err}
+	}
+	return nil
 }

@@ -135,6 +135,31 @@ func TestFailingMigrationSwitchesNothing(t *testing.T) {
 			t.Errorf("%s was restarted by a deploy whose migration failed", n)
 		}
 	}
+
+	// A commit that does not compile fails in the build, with the
+	// compiler's words in the log, and touches no node either.
+	if _, err := f.repo.Commit(t.Context(), "does not compile", func(work string) error {
+		if err := os.Remove(work + "/priv/MIGRATE_FAIL"); err != nil {
+			return err
+		}
+		return testbed.AppendLine("lib/chat.ex", "defmodule Broken do def f( end")(work)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	out, err := f.sync()
+	de = deployError(t, err)
+	if de.Phase != "build" || de.Class != reconcile.ClassFailure || !strings.Contains(de.Error(), "step 3") {
+		t.Fatalf("got %v, want a build failure in step 3", de)
+	}
+	if log := f.log(out.Deploy.ID); !strings.Contains(log, "lib/chat.ex:") {
+		t.Errorf("the log does not hold the compiler's error output:\n%s", log)
+	}
+	f.wantCluster(good)
+	for _, n := range f.nodes {
+		if got := f.beamPID(n); got != pids[n] {
+			t.Errorf("%s was restarted by a deploy whose build failed", n)
+		}
+	}
 }
 
 func TestHAProxyDrainedAndRestored(t *testing.T) {

@@ -48,7 +48,7 @@ func (r *Reconciler) migrate(ctx context.Context, run *run) error {
 		return err
 	}
 	layout := hosts.Layout{DeployTo: p.Env.DeployTo}
-	if err := run.exec(ctx, first.Target, "migrate", hosts.ShellCmd(layout.ReleaseDir(sha), p.Manifest.Release.Migrate, env), nil); err != nil {
+	if err := run.execTail(ctx, first.Target, "migrate", p.Manifest.Release.Migrate, hosts.ShellCmd(layout.ReleaseDir(sha), p.Manifest.Release.Migrate, env)); err != nil {
 		return &DeployError{Class: classOf(err), Phase: "migrate", Host: first.Name(), Err: err}
 	}
 	record := []byte(time.Now().UTC().Format(time.RFC3339) + " " + sha + "\n")

@@ -41,35 +41,18 @@ const (
 func newDaemonBed(t *testing.T) *daemonBed {
 	t.Helper()
 	ctx := t.Context()
-	bed := testbed.Start(t, "build", "n1", "n2", "n3", "lb")
+	bed := testbed.Start(t, testbed.ExampleHosts...)
 	src, _ := filepath.Abs("../../examples/cluster-app")
-	if err := testbed.PrimeNPMCache(ctx, filepath.Join(src, "assets"), testbed.NPMCache); err != nil {
-		t.Fatal(err)
-	}
-	if err := bed.Host("build").UseNPMCache(testbed.NPMCache); err != nil {
-		t.Fatal(err)
-	}
-	var nodes []*testbed.Host
-	var backends []testbed.Backend
-	for _, n := range []string{"n1", "n2", "n3"} {
-		nodes = append(nodes, bed.Host(n))
-		backends = append(backends, testbed.Backend{Name: n, Addr: bed.Host(n).Addr.String() + ":4000"})
-	}
-	if err := testbed.SeedShared(ctx, nodes, "/srv/chat", "daemon-cookie-0123456789"); err != nil {
-		t.Fatal(err)
-	}
-	if err := bed.Host("lb").StartHAProxy(ctx, "chat", backends); err != nil {
-		t.Fatal(err)
-	}
-	repo, err := testbed.NewAppRepo(ctx, bed, src, t.TempDir())
+	ex, err := testbed.NewExample(ctx, bed, src, t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
+	repo := ex.Repo
 	d := &daemonBed{t: t, bed: bed, repo: repo, listen: freePort(t), state: t.TempDir()}
 	d.config = filepath.Join(t.TempDir(), "operator.yaml")
 	cfg := fmt.Sprintf("repo: %s\nstate_dir: %s\nlisten: %s\npoll: \"\"\nssh:\n  identity: %s\n  known_hosts: %s\ngithub:\n  repository: acme/chat\n",
 		repo.Bare, d.state, d.listen, bed.ClientKey, bed.KnownHosts)
-	if err := os.WriteFile(d.config, []byte(cfg), 0o600); err != nil {
+	if err = os.WriteFile(d.config, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	t.Setenv("OPERATOR_API_TOKEN", testAPIToken)
@@ -237,6 +220,29 @@ func TestDaemon(t *testing.T) {
 	if len(list) != 1 || list[0].Result != history.Success || list[0].Trigger != "start" {
 		t.Fatalf("after start: %+v\n%s", list, dm.out)
 	}
+
+	t.Run("plan and hosts check", func(t *testing.T) {
+		if code, out := d.cli("plan"); code != 0 || !strings.Contains(out, "nothing to do") {
+			t.Errorf("plan: exit %d: %s", code, out)
+		}
+		code, out := d.cli("hosts", "check")
+		if code != 0 {
+			t.Errorf("hosts check: exit %d", code)
+		}
+		for _, h := range []string{"build", "n1", "n2", "n3", "lb"} {
+			if !strings.Contains(out, h+" ") {
+				t.Errorf("hosts check does not list %s", h)
+			}
+		}
+		if strings.Count(out, " known ") != 5 {
+			t.Errorf("hosts check: want 5 hosts with known keys:\n%s", out)
+		}
+		n2 := "chat@" + d.bed.Host("n2").Addr.String()
+		n3 := "chat@" + d.bed.Host("n3").Addr.String()
+		if !strings.Contains(out, n2+" "+n3) {
+			t.Errorf("hosts check does not show n1's members %s %s:\n%s", n2, n3, out)
+		}
+	})
 
 	t.Run("sync --wait with nothing to do", func(t *testing.T) {
 		if code, out := d.cli("sync", "--wait"); code != 0 || !strings.Contains(out, "nothing to do") {

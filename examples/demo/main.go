@@ -50,7 +50,7 @@ func run(ctx context.Context, src, operator string, keep bool) error {
 	defer os.RemoveAll(dir)
 
 	step("bringing up 5 hosts (build, n1, n2, n3, lb): network namespaces, each with its own sshd and host key")
-	bed, err := testbed.New(ctx, testbed.Options{Dir: filepath.Join(dir, "bed"), Hosts: []string{"build", "n1", "n2", "n3", "lb"}})
+	bed, err := testbed.New(ctx, testbed.Options{Dir: filepath.Join(dir, "bed"), Hosts: testbed.ExampleHosts})
 	if err != nil {
 		return err
 	}
@@ -62,34 +62,14 @@ func run(ctx context.Context, src, operator string, keep bool) error {
 		fmt.Printf("    %-6s %-15s %s…\n", h.Name, h.Addr, h.HostKey[:40])
 	}
 
-	step("preparing them as an administrator would once: the cluster's cookie in /srv/chat/shared, HAProxy in front of the nodes")
-	var nodes []*testbed.Host
-	var backends []testbed.Backend
-	for _, n := range []string{"n1", "n2", "n3"} {
-		nodes = append(nodes, bed.Host(n))
-		backends = append(backends, testbed.Backend{Name: n, Addr: bed.Host(n).Addr.String() + ":4000"})
-	}
-	if err := testbed.SeedShared(ctx, nodes, "/srv/chat", "demo-cookie-not-a-secret"); err != nil {
-		return err
-	}
-	lb := bed.Host("lb")
-	if err := lb.StartHAProxy(ctx, "chat", backends); err != nil {
-		return err
-	}
+	step("preparing them as an administrator would once (the cluster's cookie in /srv/chat/shared, HAProxy in front of the nodes), and putting the example app in a local git repository")
 	// The build host has no route to the npm registry here; its npm installs
 	// from a cache this machine fills (see testbed.NPMCache).
-	if err := testbed.PrimeNPMCache(ctx, filepath.Join(src, "assets"), testbed.NPMCache); err != nil {
-		return err
-	}
-	if err := bed.Host("build").UseNPMCache(testbed.NPMCache); err != nil {
-		return err
-	}
-
-	step("putting the example app in a local git repository (its deploy.yaml pointed at these hosts)")
-	repo, err := testbed.NewAppRepo(ctx, bed, src, filepath.Join(dir, "repo"))
+	ex, err := testbed.NewExample(ctx, bed, src, filepath.Join(dir, "repo"))
 	if err != nil {
 		return err
 	}
+	repo, lb := ex.Repo, bed.Host("lb")
 	cfgPath := filepath.Join(dir, "operator.yaml")
 	cfg := fmt.Sprintf(`repo: %s
 branch: main
