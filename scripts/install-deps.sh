@@ -18,6 +18,7 @@ have npm || need+=(npm)
 have node || need+=(nodejs)
 have ssh-keygen || need+=(openssh-client)
 have curl || need+=(curl)
+have chromium || need+=(chromium)
 # erlang-nox lacks the compiler-dev bits Mix needs on some images.
 dpkg -s erlang-dev >/dev/null 2>&1 || need+=(erlang-dev)
 

@@ -15,6 +15,7 @@ import (
 	"github.com/clusterops/operator/gitsrc"
 	"github.com/clusterops/operator/history"
 	"github.com/clusterops/operator/metrics"
+	"github.com/clusterops/operator/pages"
 	"github.com/clusterops/operator/reconcile"
 	"github.com/clusterops/operator/server"
 )
@@ -79,17 +80,29 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	if secrets.APIToken == "" {
 		log.Warn("OPERATOR_API_TOKEN is not set: the API (operator sync, lock, …) is off")
 	}
+	web := pages.New(pages.Options{
+		History: op.history, Env: cfg.Environment, Repo: cfg.Repo, Branch: cfg.Branch, PublicURL: cfg.PublicURL, Log: log,
+		Status: func() pages.Status {
+			st := worker.Status()
+			return pages.Status{Running: (*pages.RunningDeploy)(st.Running), Pending: st.Pending, Lock: st.Lock, Failed: st.Failed}
+		},
+	})
 	handler := server.New(server.Options{
 		Controller: &controller{w: worker, hist: op.history, env: cfg.Environment, head: op.mirror.RemoteHead},
 		History:    op.history, APIToken: secrets.APIToken,
-		Webhook: hook, Metrics: m.Handler(), Log: log,
+		Webhook: hook, Metrics: m.Handler(), Pages: web, Log: log,
 	})
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		log.Error("cannot start", "err", err)
 		return 1
 	}
-	httpSrv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
+	// Requests see base end when the daemon stops, so live log streams let
+	// go at once instead of holding the shutdown.
+	base, cancelBase := context.WithCancel(context.Background())
+	defer cancelBase()
+	httpSrv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second,
+		BaseContext: func(net.Listener) context.Context { return base }}
 	go httpSrv.Serve(ln)
 	log.Info("operator running", "env", cfg.Environment, "listen", ln.Addr().String(), "repo", cfg.Repo, "branch", cfg.Branch)
 
@@ -128,6 +141,7 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		poller.Stop()
 	}
 	sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
+	cancelBase()
 	httpSrv.Shutdown(sctx)
 	scancel()
 	close(stop)
