@@ -55,7 +55,7 @@ type Options struct {
 	Webhook http.Handler
 	// Metrics, when set, is mounted on GET /metrics.
 	Metrics http.Handler
-	// Pages, when set, serves GET / and GET /deploys/{id}.
+	// Pages, when set, serves GET / and GET /deploys/….
 	Pages http.Handler
 	Log   *slog.Logger
 }
@@ -75,7 +75,8 @@ func New(o Options) http.Handler {
 		mux.Handle("GET /metrics", o.Metrics)
 	}
 	if o.Pages != nil {
-		mux.Handle("GET /", o.Pages)
+		mux.Handle("GET /{$}", o.Pages)
+		mux.Handle("GET /deploys/", o.Pages)
 	}
 	mux.Handle("POST /api/sync", s.api(s.sync))
 	mux.Handle("GET /api/status", s.api(s.status))

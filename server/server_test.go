@@ -82,3 +82,42 @@ func TestAPIAuthAndRoutes(t *testing.T) {
 		t.Errorf("the controller was asked by %v, want once by ada (unauthorised calls must not reach it)", asked)
 	}
 }
+
+// Every part mounted at once: the routes must not clash, and each request
+// reaches its own handler.
+func TestAllRoutesTogether(t *testing.T) {
+	hist, err := history.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hist.Close()
+	named := func(name string) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte(name)) })
+	}
+	srv := httptest.NewServer(New(Options{
+		Controller: &controller{}, History: hist, APIToken: "t",
+		Webhook: named("webhook"), Metrics: named("metrics"), Pages: named("pages"),
+	}))
+	defer srv.Close()
+	for _, tt := range []struct{ method, path, want string }{
+		{"POST", "/hooks/github", "webhook"},
+		{"GET", "/hooks/github", "webhook"}, // the webhook answers 405 itself
+		{"GET", "/metrics", "metrics"},
+		{"GET", "/", "pages"},
+		{"GET", "/deploys/3", "pages"},
+		{"GET", "/deploys/3/events", "pages"},
+		{"GET", "/healthz", "ok\n"},
+	} {
+		req, _ := http.NewRequest(tt.method, srv.URL+tt.path, nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := make([]byte, 64)
+		n, _ := resp.Body.Read(b)
+		resp.Body.Close()
+		if got := string(b[:n]); got != tt.want {
+			t.Errorf("%s %s: got %q, want %q", tt.method, tt.path, got, tt.want)
+		}
+	}
+}

@@ -95,7 +95,13 @@ func (a *AppRepo) Commit(ctx context.Context, msg string, edit func(work string)
 	return strings.TrimSpace(string(out)), err
 }
 
-// Edit appends line to the file at rel in the work tree: a one-line change.
+// Head is the commit at the tip of the work tree.
+func (a *AppRepo) Head(ctx context.Context) (string, error) {
+	out, err := exec.CommandContext(ctx, "git", "-C", a.Work, "rev-parse", "HEAD").Output()
+	return strings.TrimSpace(string(out)), err
+}
+
+// AppendLine appends line to the file at rel in the work tree: a one-line change.
 func AppendLine(rel, line string) func(string) error {
 	return func(work string) error {
 		f, err := os.OpenFile(filepath.Join(work, rel), os.O_APPEND|os.O_WRONLY, 0o644)

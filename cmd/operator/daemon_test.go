@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/clusterops/operator/history"
+	"github.com/clusterops/operator/statuses/githubtest"
 	"github.com/clusterops/operator/testbed"
 )
 
@@ -26,6 +27,7 @@ import (
 // operator.yaml for it.
 type daemonBed struct {
 	t      *testing.T
+	github *githubtest.Server
 	bed    *testbed.Bed
 	repo   *testbed.AppRepo
 	config string
@@ -36,6 +38,8 @@ type daemonBed struct {
 const (
 	testAPIToken = "api-token-for-tests"
 	testSecret   = "webhook-secret-for-tests"
+	// testGitHubToken is what the GitHub stand-in accepts.
+	testGitHubToken = "ghp_testtokenfortheoperator0123456789"
 )
 
 func newDaemonBed(t *testing.T) *daemonBed {
@@ -50,14 +54,15 @@ func newDaemonBed(t *testing.T) *daemonBed {
 	repo := ex.Repo
 	d := &daemonBed{t: t, bed: bed, repo: repo, listen: freePort(t), state: t.TempDir()}
 	d.config = filepath.Join(t.TempDir(), "operator.yaml")
-	cfg := fmt.Sprintf("repo: %s\nstate_dir: %s\nlisten: %s\npoll: \"\"\nssh:\n  identity: %s\n  known_hosts: %s\ngithub:\n  repository: acme/chat\n",
-		repo.Bare, d.state, d.listen, bed.ClientKey, bed.KnownHosts)
+	d.github = githubtest.New(t, githubtest.Config{Token: testGitHubToken, Repository: "acme/chat"})
+	cfg := fmt.Sprintf("repo: %s\nstate_dir: %s\nlisten: %s\npoll: \"\"\nssh:\n  identity: %s\n  known_hosts: %s\ngithub:\n  repository: acme/chat\n  api_url: %s\n",
+		repo.Bare, d.state, d.listen, bed.ClientKey, bed.KnownHosts, d.github.URL())
 	if err = os.WriteFile(d.config, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	t.Setenv("OPERATOR_API_TOKEN", testAPIToken)
 	t.Setenv("OPERATOR_WEBHOOK_SECRET", testSecret)
-	t.Setenv("GITHUB_TOKEN", "")
+	t.Setenv("GITHUB_TOKEN", testGitHubToken)
 	return d
 }
 
@@ -340,6 +345,57 @@ func TestDaemon(t *testing.T) {
 		}
 	})
 
+	t.Run("a signed push ends with a success status linking to its page", func(t *testing.T) {
+		c, err := d.repo.Commit(t.Context(), "status", testbed.AppendLine("lib/chat.ex", "# status"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if code := d.deliver(http.DefaultClient, "status-1", c); code != http.StatusAccepted {
+			t.Fatalf("webhook: %d", code)
+		}
+		ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+		defer cancel()
+		final, err := d.github.Await(ctx, c, "success")
+		if err != nil {
+			t.Fatalf("no success status for %s: %v; got %+v", c[:12], err, d.github.Statuses(c))
+		}
+		got := d.github.Statuses(c)
+		if len(got) < 2 || got[0].State != "pending" || got[len(got)-1].State != "success" || len(got) > 20 {
+			t.Errorf("statuses of %s: %+v", c[:12], got)
+		}
+		for _, st := range got {
+			if st.Context != "deploy/production" || st.TargetURL != final.TargetURL && st.Description != "queued" {
+				t.Errorf("status %+v: want context deploy/production and the deploy's link", st)
+			}
+		}
+		if !strings.HasPrefix(final.TargetURL, "http://"+d.listen+"/deploys/") {
+			t.Fatalf("target_url %q", final.TargetURL)
+		}
+		resp, err := http.Get(final.TargetURL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		page, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || !strings.Contains(string(page), c[:12]) || !strings.Contains(string(page), "success") {
+			t.Fatalf("the status link %s answers %d:\n%.500s", final.TargetURL, resp.StatusCode, page)
+		}
+		if strings.Contains(string(page), testGitHubToken) || strings.Contains(string(page), testSecret) {
+			t.Fatal("the deploy page shows a secret")
+		}
+		// Commits passed over by the flood were resolved, naming the head
+		// that superseded them.
+		superseded := 0
+		for _, sts := range d.github.All() {
+			if l := sts[len(sts)-1]; l.State == "error" && strings.HasPrefix(l.Description, "not deployed: superseded by") {
+				superseded++
+			}
+		}
+		if superseded != 9 {
+			t.Errorf("%d commits resolved as superseded, want the flood's 9", superseded)
+		}
+	})
+
 	t.Run("metrics", func(t *testing.T) {
 		resp, err := http.Get("http://" + d.listen + "/metrics")
 		if err != nil {
@@ -348,10 +404,10 @@ func TestDaemon(t *testing.T) {
 		body, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
 		for _, want := range []string{
-			`operator_deploys_total{env="production",result="success"} 4`,
-			`operator_webhook_deliveries_total{outcome="accepted"} 1002`,
+			`operator_deploys_total{env="production",result="success"} 5`,
+			`operator_webhook_deliveries_total{outcome="accepted"} 1003`,
 			`operator_queue_depth 0`,
-			`operator_deploy_phase_duration_seconds_count{env="production",phase="rollout"} 4`,
+			`operator_deploy_phase_duration_seconds_count{env="production",phase="rollout"} 5`,
 		} {
 			if !strings.Contains(string(body), want) {
 				t.Errorf("/metrics lacks %q", want)
@@ -372,6 +428,12 @@ func TestDaemon(t *testing.T) {
 		code, out := d.cli("sync", "--wait")
 		if code != 1 || !strings.Contains(out, "migrate") || !strings.Contains(out, "failure") {
 			t.Fatalf("exit %d: %s", code, out)
+		}
+		head, _ := d.repo.Head(t.Context())
+		ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+		defer cancel()
+		if st, err := d.github.Await(ctx, head, "failure"); err != nil || !strings.Contains(st.Description, "migrate on n1") {
+			t.Errorf("the failed commit's status: %+v, %v", st, err)
 		}
 		// Fixed by the next commit: exit 0.
 		if _, err := d.repo.Commit(t.Context(), "migration fixed", func(work string) error { return os.Remove(work + "/priv/MIGRATE_FAIL") }); err != nil {

@@ -18,6 +18,7 @@ import (
 	"github.com/clusterops/operator/pages"
 	"github.com/clusterops/operator/reconcile"
 	"github.com/clusterops/operator/server"
+	"github.com/clusterops/operator/statuses"
 )
 
 // runDaemon is `operator run`: it polls the repo, serves the webhook, the
@@ -49,8 +50,23 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		return 1
 	}
 	defer release()
-	if secrets.GitHubToken == "" {
+	switch {
+	case secrets.GitHubToken == "":
 		log.Warn("GITHUB_TOKEN is not set: commit statuses are off")
+	case cfg.GitHub.Repository == "":
+		log.Warn("commit statuses are off: set github.repository (owner/name); it is derived only from GitHub repo URLs")
+	default:
+		rep, err := statuses.New(statuses.Options{
+			APIURL: cfg.GitHub.APIURL, Token: secrets.GitHubToken, Repository: cfg.GitHub.Repository,
+			Context: cfg.GitHub.StatusContext, Log: log,
+		})
+		if err != nil {
+			log.Error("cannot start", "err", err)
+			return 1
+		}
+		rep.Start(context.WithoutCancel(ctx))
+		defer rep.Close()
+		op.rec.Reporter = &statusReporter{rep: rep, publicURL: cfg.PublicURL}
 	}
 
 	worker := &reconcile.Worker{R: op.rec, Locks: op.history, Log: log}
@@ -200,4 +216,19 @@ func (c *controller) Unlock() error {
 	}
 	c.w.Nudge()
 	return nil
+}
+
+// statusReporter turns the deploy's reports into commit statuses whose link
+// is the deploy's page.
+type statusReporter struct {
+	rep       *statuses.Reporter
+	publicURL string
+}
+
+func (s *statusReporter) Report(st reconcile.Status) {
+	target := s.publicURL + "/"
+	if st.DeployID > 0 {
+		target = fmt.Sprintf("%s/deploys/%d", s.publicURL, st.DeployID)
+	}
+	s.rep.Report(statuses.Update{Commit: st.Commit, State: string(st.State), Description: st.Description, TargetURL: target})
 }

@@ -24,8 +24,9 @@ import (
 
 // The operator's parts satisfy what reconcile consumes.
 var (
-	_ reconcile.Fleet  = (*hosts.Pool)(nil)
-	_ reconcile.Source = (*gitsrc.Mirror)(nil)
+	_ reconcile.Fleet    = (*hosts.Pool)(nil)
+	_ reconcile.Source   = (*gitsrc.Mirror)(nil)
+	_ reconcile.Reporter = (*statusReporter)(nil)
 )
 
 // opFlags are the flags of every command that runs the operator: --config,
