@@ -55,7 +55,7 @@ type Deploy struct {
 	Nodes       []NodeResult `json:"nodes,omitempty"`
 	// Spent adds up where the time went, by kind: "build step" (the
 	// manifest's build commands), "stop", "start", "ping wait",
-	// "membership wait", "health wait", "drain wait". What is left of the
+	// "membership wait", "health wait", "drain wait", "migrate". What is left of the
 	// deploy's duration is the operator's own overhead.
 	Spent map[string]time.Duration `json:"spent,omitempty"`
 	PID   int                      `json:"pid,omitempty"` // the operator process running it

@@ -48,7 +48,9 @@ func (r *Reconciler) migrate(ctx context.Context, run *run) error {
 		return err
 	}
 	layout := hosts.Layout{DeployTo: p.Env.DeployTo}
-	if err := run.execTail(ctx, first.Target, "migrate", p.Manifest.Release.Migrate, hosts.ShellCmd(layout.ReleaseDir(sha), p.Manifest.Release.Migrate, env)); err != nil {
+	if err := run.timed("migrate", func() error {
+		return run.execTail(ctx, first.Target, "migrate", p.Manifest.Release.Migrate, hosts.ShellCmd(layout.ReleaseDir(sha), p.Manifest.Release.Migrate, env))
+	}); err != nil {
 		return &DeployError{Class: classOf(err), Phase: "migrate", Host: first.Name(), Err: err}
 	}
 	record := []byte(time.Now().UTC().Format(time.RFC3339) + " " + sha + "\n")
@@ -157,7 +159,7 @@ func (r *Reconciler) updateNode(ctx context.Context, run *run, n *Node, alive *l
 		return fail(checkDrain, err)
 	}
 	if n.Current != "" {
-		if err := run.timed("stop", func() error { return r.stopNode(ctx, run, n, n.Current) }); err != nil {
+		if err := run.timed("stop", func() error { return r.stopNode(ctx, run, n, n.Current, n.Running) }); err != nil {
 			r.setLB(ctx, run, n, "ready")
 			return fail(checkStop, err)
 		}
@@ -255,7 +257,7 @@ func (r *Reconciler) switchAndCheck(ctx context.Context, run *run, n *Node, rele
 func (r *Reconciler) rollbackNode(ctx context.Context, run *run, n *Node, failed, prev string, alive *live) string {
 	// A deploy cancelled mid-node must still put the node back.
 	ctx = context.WithoutCancel(ctx)
-	if err := r.stopNode(ctx, run, n, failed); err != nil {
+	if err := r.stopNode(ctx, run, n, failed, false); err != nil {
 		run.rec.Logf(n.Name(), "stopping the failed release: %v", err)
 	}
 	alive.set(n, false)
@@ -275,15 +277,18 @@ func (r *Reconciler) rollbackNode(ctx context.Context, run *run, n *Node, failed
 }
 
 // stopNode stops the node's release (running in current) and waits until
-// its ping fails.
-func (r *Reconciler) stopNode(ctx context.Context, run *run, n *Node, release string) error {
+// its ping fails. A node just observed running is not pinged first: each
+// ping boots a VM, and a node's restart is the floor of every deploy.
+func (r *Reconciler) stopNode(ctx context.Context, run *run, n *Node, release string, knownUp bool) error {
 	p := run.plan
-	up, err := r.ping(ctx, p, n, run.rec)
-	if err != nil {
-		return err
-	}
-	if !up {
-		return nil
+	if !knownUp {
+		up, err := r.ping(ctx, p, n, run.rec)
+		if err != nil {
+			return err
+		}
+		if !up {
+			return nil
+		}
 	}
 	env, err := r.releaseEnv(p, n, release)
 	if err != nil {
