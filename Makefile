@@ -22,8 +22,12 @@ test: deps lint
 	$(GO) test -count=1 -timeout 40m $(PKGS)
 	$(GO) test -run=NONE -fuzz=FuzzParse -fuzztime=$(FUZZTIME) ./manifests/
 
+# The benchmarks, on the same real hosts. The deploy benchmark (reconcile)
+# also writes its report, with the figures and this command, to
+# docs/benchmarks.md.
 bench: deps
-	$(GO) test -run=NONE -bench=. -benchtime=1x -timeout 60m $(PKGS)
+	BENCH_REPORT=$(CURDIR)/docs/benchmarks.md BENCH_COMMAND='make bench: go test -run=NONE -bench=. -benchtime=1x -timeout 60m $(PKGS)' \
+	  $(GO) test -run=NONE -bench=. -benchtime=1x -timeout 60m $(PKGS)
 
 demo: deps build
 	$(GO) run ./examples/demo

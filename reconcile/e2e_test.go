@@ -23,7 +23,7 @@ import (
 // and an HAProxy host, the example app in a git repository, and an operator
 // (mirror, pool, history) with its own state directory.
 type fixture struct {
-	t     *testing.T
+	t     testing.TB
 	bed   *testbed.Bed
 	repo  *testbed.AppRepo
 	pool  *hosts.Pool
@@ -33,13 +33,23 @@ type fixture struct {
 	state string
 }
 
-const deployTo = "/srv/chat"
+const (
+	deployTo = "/srv/chat"
+	// clusterCookie is the cluster's Erlang cookie, seeded in every node's shared/.
+	clusterCookie = "e2e-cookie-0123456789"
+)
 
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
+	src, _ := filepath.Abs("../examples/cluster-app")
+	return newFixtureOf(t, src)
+}
+
+// newFixtureOf is newFixture for the app whose sources are at src.
+func newFixtureOf(t testing.TB, src string) *fixture {
+	t.Helper()
 	ctx := t.Context()
 	bed := testbed.Start(t, "build", "n1", "n2", "n3", "lb")
-	src, _ := filepath.Abs("../examples/cluster-app")
 	if err := testbed.PrimeNPMCache(ctx, filepath.Join(src, "assets"), testbed.NPMCache); err != nil {
 		t.Fatal(err)
 	}
@@ -53,7 +63,7 @@ func newFixture(t *testing.T) *fixture {
 		nodeHosts = append(nodeHosts, bed.Host(n))
 		backends = append(backends, testbed.Backend{Name: n, Addr: bed.Host(n).Addr.String() + ":4000"})
 	}
-	if err := testbed.SeedShared(ctx, nodeHosts, deployTo, "e2e-cookie-0123456789"); err != nil {
+	if err := testbed.SeedShared(ctx, nodeHosts, deployTo, clusterCookie); err != nil {
 		t.Fatal(err)
 	}
 	if err := bed.Host("lb").StartHAProxy(ctx, "chat", backends); err != nil {

@@ -36,15 +36,42 @@ func (m *ByHand) UploadSource(ctx context.Context, build *ssh.Client) error {
 	return Upload(ctx, build, m.Src, m.BuildDir, byHandExcludes...)
 }
 
+// FreshCheckout gives the build a workspace as edeliver does before every
+// build (`git clean -ffdx` and a fresh checkout): the workspace is removed
+// entirely, build products and fetched dependencies with it, and the
+// sources are uploaded anew.
+func (m *ByHand) FreshCheckout(ctx context.Context, build *ssh.Client) error {
+	if _, _, err := Run(ctx, build, "rm -rf "+shellQuote(m.BuildDir), nil); err != nil {
+		return err
+	}
+	return m.UploadSource(ctx, build)
+}
+
 // BuildRelease runs every build step of the example app in the workspace
 // (none skipped, as edeliver does) and returns the tarball's remote path.
 func (m *ByHand) BuildRelease(ctx context.Context, build *ssh.Client, commit string) (string, error) {
+	return m.build(ctx, build, commit, "mix deps.get --only prod && npm ci --prefix assets && npm run deploy --prefix assets && mix release --overwrite")
+}
+
+// RebuildRelease runs only the step a change to the app's code needs
+// (assets and release, the manifest's last step) in a workspace that has
+// been built before, and returns the tarball's remote path: the least a
+// build of a one-line change can do.
+func (m *ByHand) RebuildRelease(ctx context.Context, build *ssh.Client, commit string) (string, error) {
+	return m.build(ctx, build, commit, "npm run deploy --prefix assets && mix release --overwrite")
+}
+
+func (m *ByHand) build(ctx context.Context, build *ssh.Client, commit, steps string) (string, error) {
 	script := "cd " + shellQuote(m.BuildDir) + " && export MIX_ENV=prod OPERATOR_COMMIT=" + shellQuote(commit) +
-		" && mix deps.get --only prod && npm ci --prefix assets && npm run deploy --prefix assets && mix release --overwrite" +
-		" && ls _build/prod/" + m.App + "-*.tar.gz"
+		" && " + steps + " && ls _build/prod/" + m.App + "-*.tar.gz"
 	out, _, err := Run(ctx, build, script, nil)
 	if err != nil {
 		return "", fmt.Errorf("build %s: %w", m.App, err)
+	}
+	for _, line := range strings.Split(out, "\n") {
+		if strings.HasPrefix(line, "Compiling ") && m.Logf != nil {
+			m.Logf("build: %s", line)
+		}
 	}
 	lines := strings.Fields(out)
 	if len(lines) == 0 {
@@ -74,9 +101,74 @@ func (m *ByHand) Install(ctx context.Context, build, node *ssh.Client, tarball, 
 	if err := sess.Start("cat " + shellQuote(tarball)); err != nil {
 		return err
 	}
+	_, _, runErr := Run(ctx, node, m.installScript(commit), stdout)
+	io.Copy(io.Discard, stdout)
+	if err := sess.Wait(); err != nil {
+		return fmt.Errorf("read %s on the build host: %w", tarball, err)
+	}
+	return runErr
+}
+
+// Download copies the tarball from the build host to local, a file on this
+// machine, as edeliver brings every release to the machine it runs on
+// before it uploads it anywhere.
+func (m *ByHand) Download(ctx context.Context, build *ssh.Client, tarball, local string) error {
+	f, err := os.Create(local)
+	if err != nil {
+		return err
+	}
+	err = stream(ctx, build, "cat "+shellQuote(tarball), f)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("download %s from the build host: %w", tarball, err)
+	}
+	return nil
+}
+
+// stream runs script on client and writes its stdout to w as it comes.
+func stream(ctx context.Context, client *ssh.Client, script string, w io.Writer) error {
+	sess, err := client.NewSession()
+	if err != nil {
+		return err
+	}
+	defer sess.Close()
+	var stderr strings.Builder
+	sess.Stdout, sess.Stderr = w, &stderr
+	done := make(chan error, 1)
+	go func() { done <- sess.Run(script) }()
+	select {
+	case err = <-done:
+	case <-ctx.Done():
+		sess.Signal(ssh.SIGKILL)
+		sess.Close()
+		err = ctx.Err()
+	}
+	if err != nil {
+		return fmt.Errorf("%q: %w: %s", script, err, tail(stderr.String(), 2000))
+	}
+	return nil
+}
+
+// InstallFile uploads the tarball at local (a file on this machine) to one
+// node into releases/<commit>, links the shared cookie and makes current
+// point at it.
+func (m *ByHand) InstallFile(ctx context.Context, node *ssh.Client, local, commit string) error {
+	f, err := os.Open(local)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	_, _, err = Run(ctx, node, m.installScript(commit), f)
+	return err
+}
+
+// installScript unpacks a tarball read from stdin as release commit.
+func (m *ByHand) installScript(commit string) string {
 	rel := m.ReleaseDir(commit)
 	shared := path.Join(m.DeployTo, "shared")
-	script := strings.Join([]string{
+	return strings.Join([]string{
 		"set -e",
 		"mkdir -p " + shellQuote(rel) + " " + shellQuote(shared+"/releases"),
 		"tar -xz -C " + shellQuote(rel),
@@ -85,12 +177,6 @@ func (m *ByHand) Install(ctx context.Context, build, node *ssh.Client, tarball, 
 		"ln -sfn " + shellQuote(shared+"/releases/COOKIE") + " " + shellQuote(rel+"/releases/COOKIE"),
 		"ln -sfn " + shellQuote(rel) + " " + shellQuote(m.DeployTo+"/current"),
 	}, "\n")
-	_, _, runErr := Run(ctx, node, script, stdout)
-	io.Copy(io.Discard, stdout)
-	if err := sess.Wait(); err != nil {
-		return fmt.Errorf("read %s on the build host: %w", tarball, err)
-	}
-	return runErr
 }
 
 // Start renders the node's vm.args from the app's template, as the operator
@@ -112,12 +198,32 @@ func (m *ByHand) Start(ctx context.Context, node *ssh.Client, data manifests.Tem
 	return err
 }
 
-// Stop stops the node running in current and waits until it is down.
+// Stop stops the node running in current and waits until it is down: until
+// its name is gone from epmd, which happens when its distribution closes,
+// with its listening sockets, about a second after `bin/<app> stop` has
+// returned. Only then can a node of the same name start. It asks epmd on
+// the host (a few milliseconds) rather than polling `bin/<app> pid`, which
+// boots an Erlang VM of its own on every call.
 func (m *ByHand) Stop(ctx context.Context, node *ssh.Client, nodeName string) error {
+	short, _, _ := strings.Cut(nodeName, "@")
 	script := "cd " + shellQuote(m.DeployTo+"/current") + " && export RELEASE_NODE=" + shellQuote(nodeName) +
-		" RELEASE_DISTRIBUTION=name && bin/" + m.App + " stop; for i in $(seq 100); do bin/" + m.App + " pid >/dev/null 2>&1 || exit 0; sleep 0.1; done; exit 1"
+		" RELEASE_DISTRIBUTION=name && bin/" + m.App + " stop >/dev/null 2>&1; i=0; while epmd -names 2>/dev/null | grep -q " +
+		shellQuote("^name "+short+" at port ") + "; do i=$((i+1)); [ $i -le 3000 ] || exit 1; sleep 0.01; done"
 	_, _, err := Run(ctx, node, script, nil)
 	return err
+}
+
+// Restart stops the node running in current and starts release
+// data.Commit (Start), as a person or edeliver's restart does: it does not
+// check that the node came back or rejoined its cluster.
+func (m *ByHand) Restart(ctx context.Context, node *ssh.Client, data manifests.TemplateData) error {
+	if err := m.Stop(ctx, node, data.Node); err != nil {
+		return fmt.Errorf("stop %s: %w", data.Node, err)
+	}
+	if err := m.Start(ctx, node, data); err != nil {
+		return fmt.Errorf("start %s: %w", data.Node, err)
+	}
+	return nil
 }
 
 // Members asks a node which nodes it is connected to, as the manifest's
