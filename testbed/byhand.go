@@ -129,26 +129,8 @@ func (m *ByHand) Download(ctx context.Context, build *ssh.Client, tarball, local
 
 // stream runs script on client and writes its stdout to w as it comes.
 func stream(ctx context.Context, client *ssh.Client, script string, w io.Writer) error {
-	sess, err := client.NewSession()
-	if err != nil {
-		return err
-	}
-	defer sess.Close()
-	var stderr strings.Builder
-	sess.Stdout, sess.Stderr = w, &stderr
-	done := make(chan error, 1)
-	go func() { done <- sess.Run(script) }()
-	select {
-	case err = <-done:
-	case <-ctx.Done():
-		sess.Signal(ssh.SIGKILL)
-		sess.Close()
-		err = ctx.Err()
-	}
-	if err != nil {
-		return fmt.Errorf("%q: %w: %s", script, err, tail(stderr.String(), 2000))
-	}
-	return nil
+	_, err := session(ctx, client, script, nil, w)
+	return err
 }
 
 // InstallFile uploads the tarball at local (a file on this machine) to one

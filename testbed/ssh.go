@@ -60,13 +60,21 @@ func (h *Host) Dial(ctx context.Context) (*ssh.Client, error) {
 // be nil), and returns stdout and stderr. A non-zero exit is an error that
 // carries the tail of stderr.
 func Run(ctx context.Context, client *ssh.Client, script string, stdin io.Reader) (stdout, stderr string, err error) {
+	var out bytes.Buffer
+	stderr, err = session(ctx, client, script, stdin, &out)
+	return out.String(), stderr, err
+}
+
+// session runs script on client with stdin (may be nil), writing its stdout
+// to w as it comes, and returns its stderr. Cancelling ctx kills it.
+func session(ctx context.Context, client *ssh.Client, script string, stdin io.Reader, w io.Writer) (string, error) {
 	sess, err := client.NewSession()
 	if err != nil {
-		return "", "", err
+		return "", err
 	}
 	defer sess.Close()
-	var out, errb bytes.Buffer
-	sess.Stdout, sess.Stderr, sess.Stdin = &out, &errb, stdin
+	var errb bytes.Buffer
+	sess.Stdout, sess.Stderr, sess.Stdin = w, &errb, stdin
 	done := make(chan error, 1)
 	go func() { done <- sess.Run(script) }()
 	select {
@@ -77,7 +85,7 @@ func Run(ctx context.Context, client *ssh.Client, script string, stdin io.Reader
 		err = ctx.Err()
 	}
 	if err != nil {
-		return out.String(), errb.String(), fmt.Errorf("%q: %w: %s", script, err, tail(errb.String(), 2000))
+		return errb.String(), fmt.Errorf("%q: %w: %s", script, err, tail(errb.String(), 2000))
 	}
-	return out.String(), errb.String(), nil
+	return errb.String(), nil
 }
