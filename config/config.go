@@ -66,51 +66,59 @@ const (
 // Flags holds the command-line overrides of every key. Register it on a
 // FlagSet before parsing, then pass it to Load.
 type Flags struct {
-	values map[string]*string
-	set    map[string]bool
-	fs     *flag.FlagSet
+	fs *flag.FlagSet
 }
 
-// flagKeys maps each flag to its key in operator.yaml.
-var flagKeys = []struct{ flag, key, help string }{
-	{"repo", "repo", "the app repository: git@host:owner/name.git, https://…, file://… or a local path"},
-	{"branch", "branch", "tracked branch (default main)"},
-	{"environment", "environment", "manifest environment to deploy (default production)"},
-	{"manifest", "manifest", "manifest path inside the repo (default deploy.yaml)"},
-	{"state-dir", "state_dir", "mirror, database and deploy logs (default /var/lib/operator)"},
-	{"listen", "listen", "address of the webhook, API, UI and metrics (default 127.0.0.1:8080)"},
-	{"public-url", "public_url", "base of status links (default http://<listen>)"},
-	{"poll", "poll", `cron spec for polling the repo; "" turns polling off (default "@every 1m")`},
-	{"ssh-identity", "ssh.identity", "SSH private key file"},
-	{"ssh-known-hosts", "ssh.known_hosts", "known_hosts file (default ~/.ssh/known_hosts)"},
-	{"ssh-jump", "ssh.jump", "jump host, host:port"},
-	{"github-api-url", "github.api_url", "GitHub API base URL"},
-	{"github-repository", "github.repository", "owner/name for commit statuses"},
-	{"github-status-context", "github.status_context", "commit status context (default deploy/<environment>)"},
+// flagKey ties a flag to its key in operator.yaml and to the field it sets.
+type flagKey struct {
+	flag, key, help string
+	field           func(*Config) *string
+}
+
+// flagKeys lists a flag for every key of operator.yaml.
+var flagKeys = []flagKey{
+	{"repo", "repo", "the app repository: git@host:owner/name.git, https://…, file://… or a local path", func(c *Config) *string { return &c.Repo }},
+	{"branch", "branch", "tracked branch (default main)", func(c *Config) *string { return &c.Branch }},
+	{"environment", "environment", "manifest environment to deploy (default production)", func(c *Config) *string { return &c.Environment }},
+	{"manifest", "manifest", "manifest path inside the repo (default deploy.yaml)", func(c *Config) *string { return &c.Manifest }},
+	{"state-dir", "state_dir", "mirror, database and deploy logs (default /var/lib/operator)", func(c *Config) *string { return &c.StateDir }},
+	{"listen", "listen", "address of the webhook, API, UI and metrics (default 127.0.0.1:8080)", func(c *Config) *string { return &c.Listen }},
+	{"public-url", "public_url", "base of status links (default http://<listen>)", func(c *Config) *string { return &c.PublicURL }},
+	{"poll", "poll", `cron spec for polling the repo; "" turns polling off (default "@every 1m")`, func(c *Config) *string {
+		if c.Poll == nil {
+			c.Poll = new(string)
+		}
+		return c.Poll
+	}},
+	{"ssh-identity", "ssh.identity", "SSH private key file", func(c *Config) *string { return &c.SSH.Identity }},
+	{"ssh-known-hosts", "ssh.known_hosts", "known_hosts file (default ~/.ssh/known_hosts)", func(c *Config) *string { return &c.SSH.KnownHosts }},
+	{"ssh-jump", "ssh.jump", "jump host, host:port", func(c *Config) *string { return &c.SSH.Jump }},
+	{"github-api-url", "github.api_url", "GitHub API base URL", func(c *Config) *string { return &c.GitHub.APIURL }},
+	{"github-repository", "github.repository", "owner/name for commit statuses", func(c *Config) *string { return &c.GitHub.Repository }},
+	{"github-status-context", "github.status_context", "commit status context (default deploy/<environment>)", func(c *Config) *string { return &c.GitHub.StatusContext }},
 }
 
 // RegisterFlags adds a flag for every key of operator.yaml to fs.
 func RegisterFlags(fs *flag.FlagSet) *Flags {
-	f := &Flags{values: map[string]*string{}, fs: fs}
 	for _, k := range flagKeys {
-		f.values[k.key] = fs.String(k.flag, "", k.help)
+		fs.String(k.flag, "", k.help)
 	}
-	return f
+	return &Flags{fs: fs}
 }
 
-func (f *Flags) explicitlySet() map[string]string {
-	out := map[string]string{}
+// apply sets the fields of the flags given on the command line: a flag
+// given, even empty (--poll ""), wins over the file.
+func (f *Flags) apply(c *Config) {
 	if f == nil {
-		return out
+		return
 	}
 	f.fs.Visit(func(fl *flag.Flag) {
 		for _, k := range flagKeys {
 			if k.flag == fl.Name {
-				out[k.key] = fl.Value.String()
+				*k.field(c) = fl.Value.String()
 			}
 		}
 	})
-	return out
 }
 
 // Load reads the file at path (a missing file is fine when required is
@@ -128,39 +136,7 @@ func Load(path string, required bool, flags *Flags) (*Config, error) {
 	default:
 		return nil, fmt.Errorf("config: %w", err)
 	}
-	for key, v := range flags.explicitlySet() {
-		v := v
-		switch key {
-		case "repo":
-			c.Repo = v
-		case "branch":
-			c.Branch = v
-		case "environment":
-			c.Environment = v
-		case "manifest":
-			c.Manifest = v
-		case "state_dir":
-			c.StateDir = v
-		case "listen":
-			c.Listen = v
-		case "public_url":
-			c.PublicURL = v
-		case "poll":
-			c.Poll = &v
-		case "ssh.identity":
-			c.SSH.Identity = v
-		case "ssh.known_hosts":
-			c.SSH.KnownHosts = v
-		case "ssh.jump":
-			c.SSH.Jump = v
-		case "github.api_url":
-			c.GitHub.APIURL = v
-		case "github.repository":
-			c.GitHub.Repository = v
-		case "github.status_context":
-			c.GitHub.StatusContext = v
-		}
-	}
+	flags.apply(&c)
 	c.fillDefaults()
 	if err := c.validate(path); err != nil {
 		return nil, err

@@ -34,9 +34,9 @@ type fixture struct {
 }
 
 const (
-	deployTo = "/srv/chat"
+	deployTo = testbed.ExampleDeployTo
 	// clusterCookie is the cluster's Erlang cookie, seeded in every node's shared/.
-	clusterCookie = "e2e-cookie-0123456789"
+	clusterCookie = testbed.ExampleCookie
 )
 
 func newFixture(t *testing.T) *fixture {
@@ -48,34 +48,14 @@ func newFixture(t *testing.T) *fixture {
 // newFixtureOf is newFixture for the app whose sources are at src.
 func newFixtureOf(t testing.TB, src string) *fixture {
 	t.Helper()
-	ctx := t.Context()
-	bed := testbed.Start(t, "build", "n1", "n2", "n3", "lb")
-	if err := testbed.PrimeNPMCache(ctx, filepath.Join(src, "assets"), testbed.NPMCache); err != nil {
-		t.Fatal(err)
-	}
-	if err := bed.Host("build").UseNPMCache(testbed.NPMCache); err != nil {
-		t.Fatal(err)
-	}
-	f := &fixture{t: t, bed: bed, nodes: []string{"n1", "n2", "n3"}}
-	var nodeHosts []*testbed.Host
-	var backends []testbed.Backend
-	for _, n := range f.nodes {
-		nodeHosts = append(nodeHosts, bed.Host(n))
-		backends = append(backends, testbed.Backend{Name: n, Addr: bed.Host(n).Addr.String() + ":4000"})
-	}
-	if err := testbed.SeedShared(ctx, nodeHosts, deployTo, clusterCookie); err != nil {
-		t.Fatal(err)
-	}
-	if err := bed.Host("lb").StartHAProxy(ctx, "chat", backends); err != nil {
-		t.Fatal(err)
-	}
-	repo, err := testbed.NewAppRepo(ctx, bed, src, t.TempDir())
+	bed := testbed.Start(t, testbed.ExampleHosts...)
+	ex, err := testbed.NewExample(t.Context(), bed, src, t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.repo = repo
+	f := &fixture{t: t, bed: bed, repo: ex.Repo, nodes: ex.Nodes}
 	f.state = t.TempDir()
-	f.pool, f.hist, f.r, err = newOperator(repo.Bare, f.state, bed.ClientKey, bed.KnownHosts, t.Output(), func(line string) { t.Log("progress: " + line) })
+	f.pool, f.hist, f.r, err = newOperator(ex.Repo.Bare, f.state, bed.ClientKey, bed.KnownHosts, t.Output(), func(line string) { t.Log("progress: " + line) })
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -101,7 +101,7 @@ type Worker struct {
 	stopped   bool
 }
 
-// Status is what the worker is doing, for the API and the page.
+// WorkerStatus is what the worker is doing, for the API and the page.
 type WorkerStatus struct {
 	Running *RunningDeploy `json:"running,omitempty"`
 	// Pending is the number of triggers waiting (they coalesce into one

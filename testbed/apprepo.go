@@ -91,8 +91,7 @@ func (a *AppRepo) Commit(ctx context.Context, msg string, edit func(work string)
 			return "", err
 		}
 	}
-	out, err := exec.CommandContext(ctx, "git", "-C", a.Work, "rev-parse", "HEAD").Output()
-	return strings.TrimSpace(string(out)), err
+	return a.Head(ctx)
 }
 
 // Head is the commit at the tip of the work tree.

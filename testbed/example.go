@@ -21,6 +21,10 @@ type Example struct {
 // ExampleDeployTo is the example manifest's deploy_to.
 const ExampleDeployTo = "/srv/chat"
 
+// ExampleCookie is the Erlang cookie NewExample seeds on the nodes: a
+// by-hand deploy on the same bed must use it too.
+const ExampleCookie = "example-cookie-not-a-secret"
+
 // NewExample prepares the example app at src (the example app, or a copy of
 // it made larger) on bed, which must have the hosts build, n1, n2, n3 and
 // lb; the repository is made under dir.
@@ -38,7 +42,7 @@ func NewExample(ctx context.Context, bed *Bed, src, dir string) (*Example, error
 		nodes = append(nodes, bed.Host(n))
 		backends = append(backends, Backend{Name: n, Addr: bed.Host(n).Addr.String() + ":4000"})
 	}
-	if err := SeedShared(ctx, nodes, ExampleDeployTo, "example-cookie-not-a-secret"); err != nil {
+	if err := SeedShared(ctx, nodes, ExampleDeployTo, ExampleCookie); err != nil {
 		return nil, err
 	}
 	if err := bed.Host("lb").StartHAProxy(ctx, "chat", backends); err != nil {

@@ -28,17 +28,12 @@ func runHosts(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	if code := parseFlags(f.fs, args[1:]); code >= 0 {
 		return code
 	}
-	cfg, log, err := f.load(stderr)
-	if err != nil {
-		fmt.Fprintf(stderr, "operator hosts check: %v\n", err)
-		return 2
-	}
-	op, err := wire(cfg, log)
-	if err != nil {
-		fmt.Fprintf(stderr, "operator hosts check: %v\n", err)
-		return 1
+	op, code := f.open("hosts check", stderr)
+	if op == nil {
+		return code
 	}
 	defer op.Close()
+	cfg := op.cfg
 	head, err := op.mirror.Fetch(ctx)
 	if err != nil {
 		fmt.Fprintf(stderr, "operator hosts check: %v\n", err)
@@ -62,7 +57,7 @@ func runHosts(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	results := op.pool.Check(ctx, targets)
 	w := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(w, "HOST\tADDRESS\tREACHABLE\tHOST KEY\tRTT\tMEMBERS")
-	code := 0
+	code = 0
 	for _, r := range results {
 		reach := "yes"
 		if !r.Reachable {

@@ -20,19 +20,14 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	if code := parseFlags(f.fs, args); code >= 0 {
 		return code
 	}
-	cfg, log, err := f.load(stderr)
-	if err != nil {
-		fmt.Fprintf(stderr, "operator status: %v\n", err)
-		return 2
-	}
-	op, err := wire(cfg, log)
-	if err != nil {
-		fmt.Fprintf(stderr, "operator status: %v\n", err)
-		return 1
+	op, code := f.open("status", stderr)
+	if op == nil {
+		return code
 	}
 	defer op.Close()
+	cfg := op.cfg
 	plan, perr := op.rec.Plan(ctx)
-	code := 0
+	code = 0
 	fmt.Fprintf(stdout, "environment %s, branch %s of %s\n", cfg.Environment, cfg.Branch, cfg.Repo)
 	if plan != nil {
 		fmt.Fprintf(stdout, "desired  %s %s\n", short(plan.Commit.SHA), plan.Commit.Subject)

@@ -67,15 +67,9 @@ func runPlan(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if code := parseFlags(f.fs, args); code >= 0 {
 		return code
 	}
-	cfg, log, err := f.load(stderr)
-	if err != nil {
-		fmt.Fprintf(stderr, "operator plan: %v\n", err)
-		return 2
-	}
-	op, err := wire(cfg, log)
-	if err != nil {
-		fmt.Fprintf(stderr, "operator plan: %v\n", err)
-		return 1
+	op, code := f.open("plan", stderr)
+	if op == nil {
+		return code
 	}
 	defer op.Close()
 	plan, err := op.rec.Plan(ctx)

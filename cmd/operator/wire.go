@@ -62,6 +62,23 @@ func (f *opFlags) load(stderr io.Writer) (*config.Config, *slog.Logger, error) {
 	return cfg, log, err
 }
 
+// open loads the config and wires the operator for command name. On
+// failure it says why on stderr and returns the exit code: 2 for a bad
+// config, 1 when the operator cannot be set up.
+func (f *opFlags) open(name string, stderr io.Writer) (*operator, int) {
+	cfg, log, err := f.load(stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "operator %s: %v\n", name, err)
+		return nil, 2
+	}
+	op, err := wire(cfg, log)
+	if err != nil {
+		fmt.Fprintf(stderr, "operator %s: %v\n", name, err)
+		return nil, 1
+	}
+	return op, 0
+}
+
 func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
 	var lv slog.Level
 	if err := lv.UnmarshalText([]byte(level)); err != nil {
