@@ -488,7 +488,10 @@ func listNamespaces(ctx context.Context) []string {
 // removes a deleted namespace's veth pair by itself, at a moment of its own.
 func removeLink(ctx context.Context, name string) error {
 	out, err := runCmd(ctx, exec.Command("ip", "link", "del", name))
-	if err != nil && !strings.Contains(out, "Cannot find device") {
+	// Either message means the link is gone: "No such device" when the
+	// kernel freed it (its namespace was just deleted) between ip's lookup
+	// and its delete.
+	if err != nil && !strings.Contains(out, "Cannot find device") && !strings.Contains(out, "No such device") {
 		return fmt.Errorf("ip link del %s: %w: %s", name, err, strings.TrimSpace(out))
 	}
 	return nil
