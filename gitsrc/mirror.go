@@ -238,6 +238,55 @@ func (m *Mirror) ReadFile(sha, name string) ([]byte, error) {
 	return []byte(s), nil
 }
 
+// Resolve turns rev, a full commit SHA or an unambiguous prefix of at least
+// 7 hex digits (as `git log --oneline` prints them), into the full SHA of a
+// commit the mirror holds. Branch and tag names are not accepted: a person
+// naming a release names a commit.
+func (m *Mirror) Resolve(rev string) (string, error) {
+	rev = strings.ToLower(strings.TrimSpace(rev))
+	if len(rev) < 7 || len(rev) > 40 || strings.Trim(rev, "0123456789abcdef") != "" {
+		return "", fmt.Errorf("gitsrc: %q is not a commit SHA (7 to 40 hex digits)", rev)
+	}
+	if len(rev) == 40 {
+		c, err := m.commit(rev)
+		if err != nil {
+			return "", err
+		}
+		return c.Hash.String(), nil
+	}
+	iter, err := m.Repository().CommitObjects()
+	if err != nil {
+		return "", fmt.Errorf("gitsrc: resolve %s: %w", rev, err)
+	}
+	var all []string
+	err = iter.ForEach(func(c *object.Commit) error {
+		all = append(all, c.Hash.String())
+		return nil
+	})
+	if err != nil {
+		return "", fmt.Errorf("gitsrc: resolve %s: %w", rev, err)
+	}
+	return m.pick(rev, all)
+}
+
+// pick returns the one SHA of all that starts with prefix.
+func (m *Mirror) pick(prefix string, all []string) (string, error) {
+	var found []string
+	for _, sha := range all {
+		if strings.HasPrefix(sha, prefix) {
+			found = append(found, sha)
+		}
+	}
+	switch len(found) {
+	case 0:
+		return "", fmt.Errorf("gitsrc: no commit %s in the mirror of %s", prefix, m.branch)
+	case 1:
+		return found[0], nil
+	}
+	sort.Strings(found)
+	return "", fmt.Errorf("gitsrc: %s is ambiguous: it starts %s; give more digits", prefix, strings.Join(found, ", "))
+}
+
 // IsAncestor reports whether commit a is an ancestor of (or equal to) b.
 func (m *Mirror) IsAncestor(a, b string) (bool, error) {
 	ca, err := m.commit(a)

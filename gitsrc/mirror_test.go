@@ -209,3 +209,42 @@ func TestMirrorSharedBetweenTwoOperators(t *testing.T) {
 		t.Fatalf("the daemon cannot read a commit the CLI fetched: %v", err)
 	}
 }
+
+func TestResolveNamesOneCommit(t *testing.T) {
+	u := newUpstream(t)
+	first := u.commit("main", "first", map[string]string{"a": "1"})
+	u.commit("main", "second", map[string]string{"a": "2"})
+	m, err := Open(Options{URL: u.bare, Branch: "main", Dir: filepath.Join(t.TempDir(), "mirror")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Fetch(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	for _, rev := range []string{first, first[:7], strings.ToUpper(first[:10]), " " + first[:12] + "\n"} {
+		if got, err := m.Resolve(rev); err != nil || got != first {
+			t.Errorf("Resolve(%q): got %q, %v; want %s", rev, got, err, first)
+		}
+	}
+	for _, tt := range []struct{ rev, want string }{
+		{first[:6], "not a commit SHA"},
+		{"main", "not a commit SHA"},
+		{"HEAD~1", "not a commit SHA"},
+		{"$(reboot)", "not a commit SHA"},
+		{"0000000", "no commit 0000000"},
+		{strings.Repeat("0", 40), "commit 0000000000000000000000000000000000000000"},
+	} {
+		if got, err := m.Resolve(tt.rev); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("Resolve(%q): got %q, %v; want an error saying %q", tt.rev, got, err, tt.want)
+		}
+	}
+	// Two commits sharing 7 digits are too rare to make here; the choice
+	// among candidates is tested on its own.
+	all := []string{"abcdef1111", "abcdef1222", "abcdef2333"}
+	if got, err := m.pick("abcdef2", all); err != nil || got != "abcdef2333" {
+		t.Errorf("pick of a unique prefix: %q, %v", got, err)
+	}
+	if got, err := m.pick("abcdef1", all); err == nil || !strings.Contains(err.Error(), "ambiguous: it starts abcdef1111, abcdef1222") {
+		t.Errorf("pick of a shared prefix: got %q, %v; want both candidates named", got, err)
+	}
+}

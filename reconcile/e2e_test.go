@@ -219,4 +219,28 @@ func TestFirstDeployThenOneLineChangeThenNothing(t *testing.T) {
 	if errors.As(err, &de) {
 		t.Fatal(de)
 	}
+
+	// Rollback: the previous release, recorded on the nodes, deployed with
+	// no build; a second rollback goes back to where the first came from.
+	target, err := f.r.RollbackTarget(t.Context(), "")
+	if err != nil || target.SHA != first {
+		t.Fatalf("rollback target: got %s, %v; want %s", target.SHA, err, first)
+	}
+	out, err = f.r.SyncTo(t.Context(), "rollback by test", first[:7])
+	if err != nil {
+		t.Fatalf("rollback: %v\n%s", err, f.log(out.Deploy.ID))
+	}
+	f.wantCluster(first)
+	if got := out.Deploy.Phases[0]; got.Name != "build" || !strings.HasPrefix(got.Outcome, "skipped: the artifact of "+first[:12]+" exists") {
+		t.Errorf("the rollback's build phase: %+v, want it skipped", got)
+	}
+	if out.Deploy.Commit != first || out.Deploy.Trigger != "rollback by test" {
+		t.Errorf("the rollback's record: commit %s, trigger %q", out.Deploy.Commit, out.Deploy.Trigger)
+	}
+	if target, err = f.r.RollbackTarget(t.Context(), ""); err != nil || target.SHA != second {
+		t.Errorf("second rollback's target: got %s, %v; want %s", target.SHA, err, second)
+	}
+	if _, err := f.r.RollbackTarget(t.Context(), "fffffff"); err == nil || !strings.Contains(err.Error(), "no commit fffffff") {
+		t.Errorf("rollback to an unknown commit: %v", err)
+	}
 }

@@ -121,23 +121,33 @@ func target(h manifests.Host) hosts.Target {
 // changing nothing. With a plan it returns a *DeployError when the manifest
 // is invalid or a host cannot be observed; a nil plan means even the repo
 // could not be read.
-func (r *Reconciler) Plan(ctx context.Context) (*Plan, error) {
-	head, err := r.Source.Fetch(ctx)
+func (r *Reconciler) Plan(ctx context.Context) (*Plan, error) { return r.PlanAt(ctx, "") }
+
+// PlanAt is Plan with the desired commit named: rev, a commit SHA or a
+// prefix of one, instead of the branch head ("" means the head). The
+// manifest is read at that commit, as its release expects.
+func (r *Reconciler) PlanAt(ctx context.Context, rev string) (*Plan, error) {
+	desired, err := r.Source.Fetch(ctx)
 	if err != nil {
 		return nil, &DeployError{Class: ClassError, Phase: "fetch", Err: err}
 	}
-	commit, err := r.Source.Commit(head)
+	if rev != "" {
+		if desired, err = r.Source.Resolve(rev); err != nil {
+			return nil, &DeployError{Class: ClassError, Phase: "fetch", Err: err}
+		}
+	}
+	commit, err := r.Source.Commit(desired)
 	if err != nil {
 		return nil, &DeployError{Class: ClassError, Phase: "fetch", Err: err}
 	}
 	p := &Plan{Commit: commit}
-	data, err := r.Source.ReadFile(head, r.ManifestPath)
+	data, err := r.Source.ReadFile(desired, r.ManifestPath)
 	if err != nil {
 		return p, &DeployError{Class: ClassError, Phase: "manifest", Err: err}
 	}
 	m, err := manifests.Parse(r.ManifestPath, data)
 	if err != nil {
-		return p, &DeployError{Class: ClassError, Phase: "manifest", Err: fmt.Errorf("invalid manifest at %s:\n%w", short(head), err)}
+		return p, &DeployError{Class: ClassError, Phase: "manifest", Err: fmt.Errorf("invalid manifest at %s:\n%w", short(desired), err)}
 	}
 	env, err := m.Environment(r.Env)
 	if err != nil {
@@ -167,7 +177,7 @@ func (r *Reconciler) Plan(ctx context.Context) (*Plan, error) {
 	go func() {
 		defer wg.Done()
 		ws := hosts.Workspace{Dir: m.Build.Dir}
-		c, err := ws.LookupArtifact(head)
+		c, err := ws.LookupArtifact(desired)
 		if err == nil {
 			var out []byte
 			if out, err = r.Fleet.Output(ctx, p.Build, c); err == nil {

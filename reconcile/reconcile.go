@@ -25,6 +25,8 @@ import (
 type Source interface {
 	// Fetch brings the source up to the tracked branch's head and returns it.
 	Fetch(ctx context.Context) (string, error)
+	// Resolve turns a commit SHA or a prefix of one into the full SHA.
+	Resolve(rev string) (string, error)
 	Commit(sha string) (gitsrc.Commit, error)
 	ReadFile(sha, name string) ([]byte, error)
 	// Fingerprint digests the content of the files of sha that patterns
@@ -169,7 +171,15 @@ type Outcome struct {
 // and deploys the branch head when any node is not running it. It returns
 // the outcome and, when the deploy did not succeed, a *DeployError.
 func (r *Reconciler) Sync(ctx context.Context, trigger string) (*Outcome, error) {
-	plan, err := r.Plan(ctx)
+	return r.SyncTo(ctx, trigger, "")
+}
+
+// SyncTo is Sync with the desired commit named: rev, a commit SHA or a
+// prefix of one, instead of the branch head ("" means the head). `operator
+// rollback` deploys through it; a commit whose artifact is kept on the build
+// host is not rebuilt.
+func (r *Reconciler) SyncTo(ctx context.Context, trigger, rev string) (*Outcome, error) {
+	plan, err := r.PlanAt(ctx, rev)
 	if plan == nil {
 		return nil, err
 	}

@@ -14,16 +14,21 @@ import (
 // Trigger is a request to reconcile: a poll tick that saw the head move, a
 // push webhook, or a person.
 type Trigger struct {
-	// Kind is "poll", "webhook", "manual" or "retry".
+	// Kind is "poll", "webhook", "manual", "rollback", "unlock" or
+	// "retry".
 	Kind string
 	// Detail says more: the webhook delivery ID, who asked.
 	Detail string
 	// Commit is the head the trigger saw, when it knows it; a commit passed
 	// over by coalescing gets its pending status resolved.
 	Commit string
+	// Target, for a rollback, is the commit to deploy instead of the head.
+	Target string
 }
 
 func (t Trigger) manual() bool { return t.Kind == "manual" }
+
+func (t Trigger) rollback() bool { return t.Kind == "rollback" }
 
 // String is the trigger as the deploy history records it.
 func (t Trigger) String() string {
@@ -241,6 +246,31 @@ func (w *Worker) serve(ctx context.Context, stop <-chan struct{}) {
 	if len(triggers) == 0 {
 		return
 	}
+	// A rollback is served on its own: the triggers beside it wait for the
+	// next round (where the lock the rollback set holds them).
+	var target string
+	if i := lastRollback(triggers); i >= 0 {
+		target = triggers[i].Target
+		var restT []Trigger
+		var restK []*Ticket
+		var rbT []Trigger
+		var rbK []*Ticket
+		for j, t := range triggers {
+			if t.rollback() {
+				rbT, rbK = append(rbT, t), append(rbK, tickets[j])
+			} else {
+				restT, restK = append(restT, t), append(restK, tickets[j])
+			}
+		}
+		triggers, tickets = rbT, rbK
+		w.mu.Lock()
+		w.pending = append(restT, w.pending...)
+		w.tickets = append(restK, w.tickets...)
+		w.mu.Unlock()
+		if len(restT) > 0 {
+			defer w.Nudge()
+		}
+	}
 	resolve := func(res TicketResult) {
 		for _, tk := range tickets {
 			tk.resolve(res)
@@ -248,17 +278,17 @@ func (w *Worker) serve(ctx context.Context, stop <-chan struct{}) {
 	}
 	manual := false
 	for _, t := range triggers {
-		manual = manual || t.manual()
+		manual = manual || t.manual() || t.rollback()
 	}
 	trigger := triggers[len(triggers)-1]
 	for _, t := range triggers {
-		if t.manual() {
+		if t.manual() || t.rollback() {
 			trigger = t // a person's name goes on the record
 		}
 	}
 	log := w.logger().With("env", w.R.Env)
 
-	if w.Locks != nil {
+	if w.Locks != nil && target == "" {
 		if lock, err := w.Locks.LockOf(w.R.Env); err == nil && lock != nil {
 			// A person is told no at once; automatic triggers wait for the
 			// unlock.
@@ -283,7 +313,7 @@ func (w *Worker) serve(ctx context.Context, stop <-chan struct{}) {
 		}
 	}
 
-	plan, perr := w.R.Plan(ctx)
+	plan, perr := w.R.PlanAt(ctx, target)
 	if plan == nil {
 		log.Error("reconcile: cannot read the repo", "err", perr)
 		resolve(TicketResult{Note: perr.Error()})
@@ -357,6 +387,16 @@ func (w *Worker) serve(ctx context.Context, stop <-chan struct{}) {
 	if w.OnDeploy != nil {
 		w.OnDeploy(out.Deploy)
 	}
+}
+
+// lastRollback is the index of the last rollback among triggers, or -1.
+func lastRollback(triggers []Trigger) int {
+	for i := len(triggers) - 1; i >= 0; i-- {
+		if triggers[i].rollback() {
+			return i
+		}
+	}
+	return -1
 }
 
 // resolvePassedOver resolves the pending statuses of commits that triggers

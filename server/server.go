@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"strconv"
@@ -31,6 +32,9 @@ type SyncResult struct {
 	// Behind is the running deploy a queued request waits for.
 	Behind int64  `json:"behind,omitempty"`
 	Note   string `json:"note,omitempty"`
+	// Locked, for a rollback, says how the environment was locked so that
+	// automatic deploys do not undo it.
+	Locked string `json:"locked,omitempty"`
 }
 
 // Controller is what the server asks of the operator's worker.
@@ -38,11 +42,17 @@ type Controller interface {
 	// Sync enqueues a reconcile asked for by who and says what became of
 	// it, waiting at most until ctx ends for the deploy to start.
 	Sync(ctx context.Context, who string) SyncResult
+	// Rollback locks the environment and enqueues a deploy of an earlier
+	// commit: to (a SHA or a prefix), or the release the nodes ran before
+	// their current one when to is "".
+	Rollback(ctx context.Context, to, who string) SyncResult
 	// Status is the worker's state, as JSON.
 	Status() any
 	// Lock and Unlock hold and release automatic deploys.
 	Lock(reason, who string) error
-	Unlock() error
+	// Unlock releases the lock; held triggers run, and with none held a
+	// reconcile is enqueued so the environment goes back to the branch.
+	Unlock(who string) error
 }
 
 // Options configures the server.
@@ -79,6 +89,7 @@ func New(o Options) http.Handler {
 		mux.Handle("GET /deploys/", o.Pages)
 	}
 	mux.Handle("POST /api/sync", s.api(s.sync))
+	mux.Handle("POST /api/rollback", s.api(s.rollback))
 	mux.Handle("GET /api/status", s.api(s.status))
 	mux.Handle("GET /api/deploys", s.api(s.deploys))
 	mux.Handle("GET /api/deploys/{id}", s.api(s.deploy))
@@ -139,6 +150,28 @@ func (s *srv) sync(w http.ResponseWriter, r *http.Request) (any, int, error) {
 	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
 	defer cancel()
 	res := s.o.Controller.Sync(ctx, who(r))
+	code := http.StatusAccepted
+	switch res.Status {
+	case "noop":
+		code = http.StatusOK
+	case "refused":
+		code = http.StatusConflict
+	}
+	return res, code, nil
+}
+
+func (s *srv) rollback(w http.ResponseWriter, r *http.Request) (any, int, error) {
+	var body struct {
+		To string `json:"to"`
+	}
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10)).Decode(&body); err != nil && !errors.Is(err, io.EOF) {
+		return nil, http.StatusBadRequest, fmt.Errorf("rollback: want a JSON body {\"to\": \"<commit>\"} or none: %w", err)
+	}
+	// Finding the previous release reads the hosts; then the deploy may
+	// wait behind one in progress, and the answer must not.
+	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
+	defer cancel()
+	res := s.o.Controller.Rollback(ctx, body.To, who(r))
 	code := http.StatusAccepted
 	switch res.Status {
 	case "noop":
@@ -240,7 +273,7 @@ func (s *srv) lock(w http.ResponseWriter, r *http.Request) (any, int, error) {
 }
 
 func (s *srv) unlock(w http.ResponseWriter, r *http.Request) (any, int, error) {
-	if err := s.o.Controller.Unlock(); err != nil {
+	if err := s.o.Controller.Unlock(who(r)); err != nil {
 		return nil, 0, err
 	}
 	return s.o.Controller.Status(), 0, nil

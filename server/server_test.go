@@ -18,9 +18,15 @@ type controller struct {
 }
 
 func (c *controller) Sync(_ context.Context, who string) SyncResult { return c.sync(who) }
-func (c *controller) Status() any                                   { return map[string]string{"lock": c.locked} }
-func (c *controller) Lock(reason, _ string) error                   { c.locked = reason; return nil }
-func (c *controller) Unlock() error                                 { c.locked = ""; return nil }
+func (c *controller) Rollback(_ context.Context, to, who string) SyncResult {
+	if to == "bad" {
+		return SyncResult{Status: "refused", Note: "no commit bad"}
+	}
+	return SyncResult{Status: "started", DeployID: 8, Note: "to " + to + " by " + who, Locked: "production locked"}
+}
+func (c *controller) Status() any                 { return map[string]string{"lock": c.locked} }
+func (c *controller) Lock(reason, _ string) error { c.locked = reason; return nil }
+func (c *controller) Unlock(string) error         { c.locked = ""; return nil }
 
 func TestAPIAuthAndRoutes(t *testing.T) {
 	hist, err := history.Open(t.TempDir())
@@ -56,6 +62,11 @@ func TestAPIAuthAndRoutes(t *testing.T) {
 		{"lock without reason", srv.URL, "POST", "/api/lock", "Bearer s3cret", `{"reason":" "}`, 400, "reason is required"},
 		{"lock", srv.URL, "POST", "/api/lock", "Bearer s3cret", `{"reason":"incident"}`, 200, "incident"},
 		{"unlock", srv.URL, "DELETE", "/api/lock", "Bearer s3cret", "", 200, `"lock":""`},
+		{"rollback without a token", srv.URL, "POST", "/api/rollback", "", "", 401, "bearer"},
+		{"rollback to the previous release", srv.URL, "POST", "/api/rollback", "Bearer s3cret", "", 202, `"note":"to  by ada","locked":"production locked"`},
+		{"rollback to a commit", srv.URL, "POST", "/api/rollback", "Bearer s3cret", `{"to":"abc1234"}`, 202, `"deploy":8,"note":"to abc1234 by ada"`},
+		{"rollback to a bad commit", srv.URL, "POST", "/api/rollback", "Bearer s3cret", `{"to":"bad"}`, 409, "no commit bad"},
+		{"rollback with a bad body", srv.URL, "POST", "/api/rollback", "Bearer s3cret", `{"to":`, 400, "want a JSON body"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

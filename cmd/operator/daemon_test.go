@@ -444,6 +444,52 @@ func TestDaemon(t *testing.T) {
 		}
 	})
 
+	t.Run("rollback locks, and unlock goes back to the head", func(t *testing.T) {
+		head, err := d.repo.Head(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		prev, err := d.bed.Host("n1").Sh(t.Context(), "cat /srv/chat/.operator/previous")
+		if err != nil {
+			t.Fatal(err)
+		}
+		prev = strings.TrimSpace(prev)
+		code, out := d.cli("rollback")
+		if code != 0 || !strings.Contains(out, "production locked: rolled back to "+prev[:12]) || !strings.Contains(out, "success") {
+			t.Fatalf("rollback: exit %d: %s", code, out)
+		}
+		list := d.deploys()
+		last := list[len(list)-1]
+		if last.Commit != prev || last.Result != history.Success || !strings.HasPrefix(last.Trigger, "rollback by ") {
+			t.Fatalf("the rollback's deploy: %+v", last)
+		}
+		for _, n := range []string{"n1", "n2", "n3"} {
+			if cur, _ := d.bed.Host(n).Sh(t.Context(), "readlink /srv/chat/current"); filepath.Base(strings.TrimSpace(cur)) != prev {
+				t.Errorf("%s after the rollback: current %s, want %s", n, cur, prev)
+			}
+		}
+		// The lock keeps automatic deploys from undoing it.
+		if code := d.deliver(http.DefaultClient, "after-rollback", head); code != http.StatusAccepted {
+			t.Fatalf("webhook: %d", code)
+		}
+		time.Sleep(time.Second)
+		if n := len(d.deploys()); n != len(list) {
+			t.Fatalf("a webhook deployed while the rollback's lock held: %d deploys, want %d", n, len(list))
+		}
+		if code, out := d.cli("rollback", "--to", "0000000"); code == 0 || !strings.Contains(out, "no commit 0000000") {
+			t.Errorf("rollback to an unknown commit: exit %d: %s", code, out)
+		}
+		if code, _ := d.cli("unlock"); code != 0 {
+			t.Fatal("unlock failed")
+		}
+		d.idle()
+		list = d.deploys()
+		last = list[len(list)-1]
+		if last.Commit != head || last.Result != history.Success {
+			t.Fatalf("after unlock: %+v", last)
+		}
+	})
+
 	t.Run("a restart mid-deploy", func(t *testing.T) {
 		next, err := d.repo.Commit(t.Context(), "restart", testbed.AppendLine("lib/chat.ex", "# restart"))
 		if err != nil {

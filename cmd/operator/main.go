@@ -32,6 +32,7 @@ type command struct {
 var commands = []command{
 	{"run", "the daemon: poll, webhook, API, metrics; deploys by itself", runDaemon},
 	{"sync", "reconcile now through the daemon (--wait to follow), or --once in this process", runSync},
+	{"rollback", "deploy the previous release (or --to SHA) and lock until unlock", runRollback},
 	{"plan", "say what a sync would do, changing nothing", runPlan},
 	{"status", "show the desired commit, each node's commit and the last deploy", runStatus},
 	{"history", "list the deploys", runHistory},

@@ -104,7 +104,7 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		},
 	})
 	handler := server.New(server.Options{
-		Controller: &controller{w: worker, hist: op.history, env: cfg.Environment, head: op.mirror.RemoteHead},
+		Controller: &controller{w: worker, hist: op.history, env: cfg.Environment, branch: cfg.Branch, head: op.mirror.RemoteHead},
 		History:    op.history, APIToken: secrets.APIToken,
 		Webhook: hook, Metrics: m.Handler(), Pages: web, Log: log,
 	})
@@ -177,6 +177,8 @@ type controller struct {
 	w    *reconcile.Worker
 	hist *history.Store
 	env  string
+	// branch is the tracked branch, named in a rollback's lock.
+	branch string
 	// head asks the remote for the branch head, so a person's sync joins a
 	// running deploy only when that deploy is of the head.
 	head func(context.Context) (string, error)
@@ -185,6 +187,27 @@ type controller struct {
 func (c *controller) Sync(ctx context.Context, who string) server.SyncResult {
 	head, _ := c.head(ctx)
 	tk := c.w.Enqueue(reconcile.Trigger{Kind: "manual", Detail: "by " + who, Commit: head})
+	return c.answer(ctx, tk)
+}
+
+func (c *controller) Rollback(ctx context.Context, to, who string) server.SyncResult {
+	target, err := c.w.R.RollbackTarget(ctx, to)
+	if err != nil {
+		return server.SyncResult{Status: "refused", Note: err.Error()}
+	}
+	locked, err := lockForRollback(c.hist, c.env, c.branch, target, who)
+	if err != nil {
+		return server.SyncResult{Status: "refused", Note: err.Error()}
+	}
+	tk := c.w.Enqueue(reconcile.Trigger{Kind: "rollback", Detail: "by " + who, Commit: target.SHA, Target: target.SHA})
+	res := c.answer(ctx, tk)
+	res.Locked = locked
+	return res
+}
+
+// answer waits until the trigger's deploy starts (or ctx ends) and says
+// what became of it.
+func (c *controller) answer(ctx context.Context, tk *reconcile.Ticket) server.SyncResult {
 	select {
 	case <-tk.Started():
 	case <-ctx.Done():
@@ -210,11 +233,21 @@ func (c *controller) Status() any { return c.w.Status() }
 
 func (c *controller) Lock(reason, who string) error { return c.hist.Lock(c.env, reason, who) }
 
-func (c *controller) Unlock() error {
+// Unlock releases the lock. The triggers it held run now; when none were
+// held (after a rollback, say) a reconcile is enqueued, so that unlocking
+// resumes deploying the branch at once rather than at the next poll.
+func (c *controller) Unlock(who string) error {
 	if err := c.hist.Unlock(c.env); err != nil {
 		return err
 	}
-	c.w.Nudge()
+	if c.w.Status().Pending > 0 {
+		c.w.Nudge()
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	head, _ := c.head(ctx)
+	c.w.Enqueue(reconcile.Trigger{Kind: "unlock", Detail: "by " + who, Commit: head})
 	return nil
 }
 

@@ -44,8 +44,17 @@ func runSync(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	defer release()
+	// A lock holds a person's sync too, as it does through the daemon: an
+	// incident lock, or a rollback's, means it.
+	if lock, err := op.history.LockOf(cfg.Environment); err != nil || lock != nil {
+		if err == nil {
+			err = fmt.Errorf("locked by %s: %s (operator unlock first)", lock.Who, lock.Reason)
+		}
+		fmt.Fprintf(stderr, "operator sync: %v\n", err)
+		return 1
+	}
 	op.rec.Progress = func(line string) { fmt.Fprintln(stdout, line) }
-	out, err := op.rec.Sync(ctx, "manual")
+	out, err := op.rec.Sync(ctx, "manual by "+currentUser())
 	if out != nil && out.Deploy != nil {
 		d := out.Deploy
 		fmt.Fprintf(stdout, "deploy %d: %s in %v (log: operator logs %d)\n", d.ID, d.Result, d.Ended.Sub(d.Started).Round(100*time.Millisecond), d.ID)
@@ -116,6 +125,13 @@ func syncThroughDaemon(ctx context.Context, c *apiClient, wait bool, stdout, std
 		}
 		return 1
 	}
+	return answer(ctx, c, "sync", res, wait, stdout, stderr)
+}
+
+// answer prints what the daemon did with a sync or rollback request and,
+// with wait, follows the deploy until it ends: the exit code is 0 when it
+// succeeded or there was nothing to do.
+func answer(ctx context.Context, c *apiClient, name string, res server.SyncResult, wait bool, stdout, stderr io.Writer) int {
 	id := res.DeployID
 	switch res.Status {
 	case "started":
@@ -128,7 +144,7 @@ func syncThroughDaemon(ctx context.Context, c *apiClient, wait bool, stdout, std
 	case "queued":
 		fmt.Fprintf(stdout, "queued behind deploy %d\n", res.Behind)
 	default:
-		fmt.Fprintf(stderr, "operator sync: refused: %s\n", res.Note)
+		fmt.Fprintf(stderr, "operator %s: refused: %s\n", name, res.Note)
 		return 1
 	}
 	if !wait {
@@ -137,7 +153,7 @@ func syncThroughDaemon(ctx context.Context, c *apiClient, wait bool, stdout, std
 	if res.Status == "queued" {
 		next, err := c.waitBehind(ctx, res.Behind)
 		if err != nil {
-			fmt.Fprintf(stderr, "operator sync: %v\n", err)
+			fmt.Fprintf(stderr, "operator %s: %v\n", name, err)
 			return 1
 		}
 		if next == 0 {
@@ -149,7 +165,7 @@ func syncThroughDaemon(ctx context.Context, c *apiClient, wait bool, stdout, std
 	}
 	code, err := c.follow(ctx, id, stdout)
 	if err != nil {
-		fmt.Fprintf(stderr, "operator sync: %v\n", err)
+		fmt.Fprintf(stderr, "operator %s: %v\n", name, err)
 	}
 	return code
 }
