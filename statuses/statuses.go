@@ -11,8 +11,9 @@
 //     sent or queued for a commit, later pending updates for it are dropped,
 //     so a stale pending can never cover a finished deploy (Flux
 //     notification-controller#327); a newer final replaces an older one.
-//     An Update names no deploy, so a commit deployed again after its
-//     final (a retry, a rollback to it) shows only its new final.
+//     A pending that names a deploy newer than the one the final came
+//     from starts over (a retry, a rollback to the commit, a deploy after an
+//     unlock): the commit shows that deploy's progress and its own final.
 //   - A post whose state and description equal the last one sent for the
 //     commit is skipped (as Flux's GitHub notifier does).
 //   - A deploy posts about 20 statuses at most, whatever its size: pending
@@ -73,6 +74,10 @@ type Update struct {
 	// TargetURL links the status to the deploy's page; an invalid URL is
 	// left out rather than have GitHub refuse the whole status.
 	TargetURL string
+	// Deploy is the deploy the update comes from, 0 when there is none yet
+	// (queued). A pending of a deploy newer than the commit's last final is
+	// fresh, not stale.
+	Deploy int64
 }
 
 // final reports whether u ends a deploy.
@@ -166,6 +171,7 @@ type commit struct {
 	attempts     int       // failed attempts in a row
 	sent         *Update   // last one GitHub accepted
 	final        bool      // a final was sent or queued: pendings are stale
+	finalDeploy  int64     // the deploy the final came from
 	pendingPosts int
 	lastPending  time.Time
 	touched      uint64 // last use, for forgetting old commits
@@ -287,6 +293,10 @@ func (r *Reporter) Report(u Update) {
 		return
 	}
 	c := r.commit(u.Commit)
+	if !u.final() && c.final && u.Deploy > c.finalDeploy {
+		// A newer deploy of the commit: its progress is news again.
+		c.final, c.pendingPosts = false, 0
+	}
 	if !u.final() {
 		if c.final {
 			note = func() {
@@ -312,6 +322,7 @@ func (r *Reporter) Report(u Update) {
 	r.count(c.want, +1)
 	if u.final() {
 		c.final = true
+		c.finalDeploy = max(c.finalDeploy, u.Deploy)
 	}
 	select {
 	case r.wake <- struct{}{}:

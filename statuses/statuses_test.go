@@ -116,6 +116,11 @@ func final(commit, state, desc string) Update {
 	return Update{Commit: commit, State: state, Description: desc, TargetURL: "https://deploy.acme.test/deploys/7"}
 }
 
+func withDeploy(u Update, id int64) Update {
+	u.Deploy = id
+	return u
+}
+
 func rollout(commit string, nodes int) []Update {
 	us := []Update{pending(commit, "queued"), pending(commit, "building"), pending(commit, "staging"), pending(commit, "migrating")}
 	for i := 1; i <= nodes; i++ {
@@ -267,6 +272,12 @@ func TestCoalescing(t *testing.T) {
 			[]string{"error superseded"}},
 		{"newer final replaces an older queued final", []Update{pending(c, "queued"), final(c, Failure, "health check failed"), final(c, Error, "host lon unreachable")},
 			[]string{"pending queued", "error host lon unreachable"}},
+		{"pending of a newer deploy after a sent final starts over", []Update{withDeploy(final(c, Success, "deployed"), 3), withDeploy(pending(c, "building"), 4)},
+			[]string{"success deployed", "pending building"}},
+		{"pending of the same deploy after its final is dropped", []Update{withDeploy(final(c, Success, "deployed"), 4), withDeploy(pending(c, "rolling out 3/3"), 4)},
+			[]string{"success deployed"}},
+		{"queued pending, no deploy yet, after a final is dropped", []Update{withDeploy(final(c, Success, "deployed"), 4), pending(c, "queued")},
+			[]string{"success deployed"}},
 		{"identical update posted once", []Update{pending(c, "building"), pending(c, "building")},
 			[]string{"pending building"}},
 		{"back to what was sent posts nothing", []Update{pending(c, "building"), pending(c, "staging"), pending(c, "building")},

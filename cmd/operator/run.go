@@ -263,5 +263,5 @@ func (s *statusReporter) Report(st reconcile.Status) {
 	if st.DeployID > 0 {
 		target = fmt.Sprintf("%s/deploys/%d", s.publicURL, st.DeployID)
 	}
-	s.rep.Report(statuses.Update{Commit: st.Commit, State: string(st.State), Description: st.Description, TargetURL: target})
+	s.rep.Report(statuses.Update{Commit: st.Commit, State: string(st.State), Description: st.Description, TargetURL: target, Deploy: st.DeployID})
 }
