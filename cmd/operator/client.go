@@ -23,13 +23,16 @@ type apiClient struct {
 	base  string
 	token string
 	http  *http.Client
+	// stateDir is where a follower reads a deploy's end when the daemon
+	// has gone (stopped at the deploy's safe point) before it could ask.
+	stateDir string
 }
 
 // errNoDaemon is returned when no daemon answers on `listen`.
 var errNoDaemon = errors.New("no operator daemon answers")
 
 func newAPIClient(cfg *config.Config) *apiClient {
-	return &apiClient{base: "http://" + cfg.Listen, token: os.Getenv("OPERATOR_API_TOKEN"), http: &http.Client{Timeout: 30 * time.Second}}
+	return &apiClient{base: "http://" + cfg.Listen, token: os.Getenv("OPERATOR_API_TOKEN"), http: &http.Client{Timeout: 30 * time.Second}, stateDir: cfg.StateDir}
 }
 
 // up reports whether a daemon answers /healthz.
@@ -112,6 +115,9 @@ func (c *apiClient) follow(ctx context.Context, id int64, stdout io.Writer) (int
 	for {
 		var page server.LogPage
 		if _, err := c.do(ctx, http.MethodGet, fmt.Sprintf("/api/deploys/%d/log?after=%d", id, after), nil, &page); err != nil {
+			if errors.Is(err, errNoDaemon) {
+				return c.followLocal(ctx, id, after, stdout, err)
+			}
 			return 1, err
 		}
 		for _, l := range page.Lines {
@@ -133,6 +139,48 @@ func (c *apiClient) follow(ctx context.Context, id int64, stdout io.Writer) (int
 				return 1, ctx.Err()
 			case <-time.After(300 * time.Millisecond):
 			}
+		}
+	}
+}
+
+// followLocal finishes following deploy id from the database in state_dir
+// when the daemon went away mid-follow: a daemon that stops records how the
+// deploy ended before it exits. gone is why the API failed.
+func (c *apiClient) followLocal(ctx context.Context, id, after int64, stdout io.Writer, gone error) (int, error) {
+	if _, err := os.Stat(c.stateDir); err != nil {
+		return 1, gone
+	}
+	h, err := history.Open(c.stateDir)
+	if err != nil {
+		return 1, gone
+	}
+	defer h.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		d, err := h.Get(id)
+		if err != nil {
+			return 1, gone
+		}
+		if d.Result != history.Running {
+			lines, _ := h.LogLines(id, after, 100000)
+			for _, l := range lines {
+				if l.Stream == "progress" {
+					fmt.Fprintln(stdout, l.Text)
+				}
+			}
+			fmt.Fprintf(stdout, "deploy %d: %s: %s (read from %s: the daemon has stopped)\n", d.ID, d.Result, d.Description, c.stateDir)
+			if d.Result == history.Success {
+				return 0, nil
+			}
+			return 1, nil
+		}
+		if time.Now().After(deadline) {
+			return 1, fmt.Errorf("%w; deploy %d is still recorded as running: operator logs %d", gone, id, id)
+		}
+		select {
+		case <-ctx.Done():
+			return 1, ctx.Err()
+		case <-time.After(300 * time.Millisecond):
 		}
 	}
 }

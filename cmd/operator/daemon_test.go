@@ -501,8 +501,21 @@ func TestDaemon(t *testing.T) {
 		if code := d.api("POST", "/api/sync", &res); code != http.StatusAccepted || res.Deploy == 0 {
 			t.Fatalf("sync: %d %+v", code, res)
 		}
+		// A person follows it: the stream lasts until the deploy's end.
+		type result struct {
+			code int
+			out  string
+		}
+		followed := make(chan result, 1)
+		go func() {
+			code, out := d.cli("sync", "--wait")
+			followed <- result{code, out}
+		}()
 		waitProgress(t, d, res.Deploy, "rollout 2/3")
 		dm.stop(t) // as SIGTERM: n2 finishes, n3 is not touched
+		if f := <-followed; f.code != 1 || !strings.Contains(f.out, "interrupted") {
+			t.Errorf("sync --wait following the stopped deploy: exit %d, want 1 and its end:\n%s", f.code, f.out)
+		}
 		got, err := openHistory(d.state).Get(res.Deploy)
 		if err != nil || got.Result != history.Interrupted {
 			t.Fatalf("the stopped deploy: %+v, %v", got, err)

@@ -156,10 +156,9 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	if poller != nil {
 		poller.Stop()
 	}
-	sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
-	cancelBase()
-	httpSrv.Shutdown(sctx)
-	scancel()
+	// The worker refuses triggers from now on; the HTTP side stays up until
+	// the deploy in progress has stopped, so that its page, its live log and
+	// a `sync --wait` following it see how it ended.
 	close(stop)
 	select {
 	case <-done:
@@ -168,6 +167,10 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		cancel()
 		<-done
 	}
+	sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
+	cancelBase()
+	httpSrv.Shutdown(sctx)
+	scancel()
 	log.Info("stopped")
 	return 0
 }
