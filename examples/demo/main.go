@@ -110,6 +110,21 @@ ssh:
 	}
 	fmt.Printf("    one-line change deployed in %v\n", time.Since(start).Round(time.Millisecond))
 
+	step("a rollback to the first release: no build (its artifact is kept), the environment locked so nothing undoes it")
+	start = time.Now()
+	if err := op("rollback"); err != nil {
+		return fmt.Errorf("rollback: %w", err)
+	}
+	fmt.Printf("    rolled back in %v\n", time.Since(start).Round(time.Millisecond))
+
+	step("unlocked, and back to the branch head: its release is on the nodes already")
+	if err := op("unlock"); err != nil {
+		return err
+	}
+	if err := op("sync", "--once"); err != nil {
+		return fmt.Errorf("back to the head: %w", err)
+	}
+
 	step("the status")
 	if err := op("status"); err != nil {
 		return err
