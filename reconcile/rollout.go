@@ -97,6 +97,9 @@ func (r *Reconciler) rollout(ctx context.Context, run *run) error {
 	alive := &live{nodes: map[string]*Node{}}
 	var todo []*Node
 	for _, n := range p.Nodes {
+		if err := r.confirmRunning(ctx, run, n); err != nil {
+			return classify("rollout", n.Name(), err)
+		}
 		alive.set(n, n.Running)
 		if n.upToDate(sha) {
 			run.rec.Node(history.NodeResult{Host: n.Name(), From: n.Current, To: n.Current, Outcome: "unchanged"})
@@ -223,12 +226,7 @@ func (r *Reconciler) switchAndCheck(ctx context.Context, run *run, n *Node, rele
 			return check(checkStart, err)
 		}
 	}
-	if err := run.timed("ping wait", func() error {
-		return r.waitFor(ctx, p.Manifest.Rollout.Timeout, func() (bool, string, error) {
-			up, err := r.ping(ctx, p, n, run.rec)
-			return up, "not answering " + p.Manifest.Release.Ping, err
-		})
-	}); err != nil {
+	if err := run.timed("ping wait", func() error { return r.waitUp(ctx, run, n, release) }); err != nil {
 		return check(checkPing, err)
 	}
 	n.Running = true
@@ -302,10 +300,169 @@ func (r *Reconciler) stopNode(ctx context.Context, run *run, n *Node, release st
 			return err
 		}
 	}
-	return r.waitFor(ctx, p.Manifest.Rollout.Timeout, func() (bool, string, error) {
+	return r.waitDown(ctx, run, n, release)
+}
+
+// waitDown waits until the node running release is down, within
+// rollout.timeout. Each ping boots a VM, and a node takes about a second to
+// go down after its stop command, so when the last successful ping printed
+// the node's OS pid (see ping) it waits on the host, with a loop of shell
+// builtins, until that process is gone (hosts.WaitExit). The process is
+// taken as the node only when it ran from the release's directory (its
+// bundled ERTS, or its working directory): then its end is the node's end.
+// Otherwise ping decides: once after the process is gone, and polled as
+// without a pid when it still answers or the loop gives up.
+func (r *Reconciler) waitDown(ctx context.Context, run *run, n *Node, release string) error {
+	p := run.plan
+	limit := p.Manifest.Rollout.Timeout
+	deadline := time.Now().Add(limit)
+	down := func() (bool, string, error) {
 		up, err := r.ping(ctx, p, n, nil)
 		return !up, "still answering " + p.Manifest.Release.Ping, err
-	})
+	}
+	if pid := n.pid; pid > 1 {
+		started := time.Now()
+		err := r.waitExit(ctx, run, n, pid, hosts.Layout{DeployTo: p.Env.DeployTo}.ReleaseDir(release), deadline)
+		var ce *hosts.CommandError
+		switch {
+		case err == nil:
+			run.rec.Logf(n.Name(), "down: process %d of %s gone %v after the stop command", pid, short(release), time.Since(started).Round(time.Millisecond))
+			n.pid = 0
+			return nil
+		case ctx.Err() != nil:
+			return ctx.Err()
+		case errors.As(err, &ce) && ce.ExitCode == hosts.WaitExitUnowned:
+			ok, _, err := down()
+			if err != nil {
+				return err
+			}
+			if ok {
+				run.rec.Logf(n.Name(), "down: process %d gone and %s fails, %v after the stop command", pid, p.Manifest.Release.Ping, time.Since(started).Round(time.Millisecond))
+				return nil
+			}
+			run.rec.Logf(n.Name(), "process %d is gone but %s still answers: polling it", pid, p.Manifest.Release.Ping)
+		case errors.As(err, &ce), errors.Is(err, context.DeadlineExceeded):
+			run.rec.Logf(n.Name(), "waiting for process %d: %v; polling %s", pid, err, p.Manifest.Release.Ping)
+		default:
+			return err
+		}
+	}
+	err := r.waitUntil(ctx, deadline, limit, down)
+	if err == nil {
+		n.pid = 0
+	}
+	return err
+}
+
+// waitExit runs hosts.WaitExit for pid on n, bounded by deadline.
+func (r *Reconciler) waitExit(ctx context.Context, run *run, n *Node, pid int, dir string, deadline time.Time) error {
+	c, err := hosts.WaitExit(pid, dir, time.Until(deadline))
+	if err != nil {
+		return err
+	}
+	wctx, cancel := context.WithDeadline(ctx, deadline.Add(time.Second))
+	defer cancel()
+	return run.exec(wctx, n.Target, "rollout", c, nil)
+}
+
+// waitUp waits until the node's ping succeeds, within rollout.timeout. With
+// a health URL it first polls that, every healthHintInterval (one HTTP
+// request costs milliseconds, a ping boots a VM), until it gets any HTTP
+// answer, and pings then; while health gives no answer it still pings
+// once every healthHintSlice, so a node that never serves HTTP is judged by
+// its ping as without a health URL. Ping decides; health only says when to
+// ask. After an answer, or without a health URL, ping is polled at the
+// reconciler's interval.
+func (r *Reconciler) waitUp(ctx context.Context, run *run, n *Node, release string) error {
+	p := run.plan
+	limit := p.Manifest.Rollout.Timeout
+	deadline := time.Now().Add(limit)
+	answered := p.Manifest.Health == nil
+	started := time.Now()
+	for {
+		if !answered {
+			var err error
+			until := time.Now().Add(healthHintSlice)
+			if deadline.Before(until) {
+				until = deadline
+			}
+			if answered, err = r.healthHint(ctx, run, n, release, until); err != nil {
+				return err
+			}
+			if answered {
+				run.rec.Logf(n.Name(), "health answered %v after start: pinging", time.Since(started).Round(time.Millisecond))
+			}
+		}
+		up, err := r.ping(ctx, p, n, run.rec)
+		if err != nil {
+			return err
+		}
+		if up {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%w after %v: not answering %s", errCheckTimeout, limit, p.Manifest.Release.Ping)
+		}
+		if answered {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(r.interval()):
+			}
+		}
+	}
+}
+
+const (
+	// healthHintInterval is how often waitUp polls the health URL.
+	healthHintInterval = 20 * time.Millisecond
+	// healthHintSlice is how long waitUp polls health without an answer
+	// before it pings all the same.
+	healthHintSlice = time.Second
+)
+
+// healthHint polls the node's health URL until it answers with any HTTP
+// status (the app serves: worth a ping) or until passes; it reports
+// whether it answered.
+func (r *Reconciler) healthHint(ctx context.Context, run *run, n *Node, release string, until time.Time) (bool, error) {
+	data, err := r.templateData(run.plan, n, release)
+	if err != nil {
+		return false, err
+	}
+	url, err := manifests.Render(run.plan.Manifest.Health.URL, data)
+	if err != nil {
+		return false, err
+	}
+	for {
+		if r.answers(ctx, url, until) {
+			return true, nil
+		}
+		if !time.Now().Add(healthHintInterval).Before(until) {
+			return false, nil
+		}
+		select {
+		case <-ctx.Done():
+			return false, ctx.Err()
+		case <-time.After(healthHintInterval):
+		}
+	}
+}
+
+// answers reports whether a GET of url gets any HTTP response before until.
+func (r *Reconciler) answers(ctx context.Context, url string, until time.Time) bool {
+	ctx, cancel := context.WithDeadline(ctx, until)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return false
+	}
+	resp, err := r.httpClient().Do(req)
+	if err != nil {
+		return false
+	}
+	io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
+	resp.Body.Close()
+	return true
 }
 
 // membership asks every live node whom it is connected to (the manifest's
@@ -443,7 +600,12 @@ func (r *Reconciler) setLB(ctx context.Context, run *run, n *Node, state string)
 // waitFor polls cond every interval until it holds, fails, or limit passes;
 // then the error says what cond last reported.
 func (r *Reconciler) waitFor(ctx context.Context, limit time.Duration, cond func() (bool, string, error)) error {
-	deadline := time.Now().Add(limit)
+	return r.waitUntil(ctx, time.Now().Add(limit), limit, cond)
+}
+
+// waitUntil is waitFor with the deadline given; limit is what the error
+// says the wait was allowed.
+func (r *Reconciler) waitUntil(ctx context.Context, deadline time.Time, limit time.Duration, cond func() (bool, string, error)) error {
 	for {
 		ok, state, err := cond()
 		if err != nil {
