@@ -7,11 +7,11 @@ import (
 	"time"
 )
 
-// waitExitPoll is how often WaitExit looks at the process: a look is a
-// shell builtin and a read of /proc, so it can be frequent.
-const waitExitPoll = 20 * time.Millisecond
+// waitStoppedPoll is how often WaitStopped looks at the process: a look
+// is a kill -0, a read of /proc and an ls, so it can be frequent.
+const waitStoppedPoll = 20 * time.Millisecond
 
-const waitExitScript = `pid=$1 tries=$3
+const waitStoppedScript = `pid=$1 tries=$3
 dir=$(cd -P -- "$2" 2>/dev/null && pwd -P) || dir=$2
 gone() {
   kill -0 "$pid" 2>/dev/null || return 0
@@ -21,46 +21,79 @@ gone() {
   case $s in Z*|X*) return 0 ;; esac
   return 1
 }
+listening() {
+  ls -l "/proc/$pid/fd" 2>/dev/null | awk -v net="/proc/$pid/net" "
+    { i = index(\$NF, \"socket:[\"); if (i) { s = substr(\$NF, i + 8); sub(/].*/, \"\", s); socks[s] = 1 } }
+    END {
+      split(net \"/tcp \" net \"/tcp6\", fs, \" \")
+      for (k = 1; k <= 2; k++)
+        while ((getline line < fs[k]) > 0) {
+          split(line, f, \" \")
+          if (f[4] == \"0A\" && (f[10] in socks)) exit 0
+        }
+      exit 1
+    }"
+}
+unsure() {
+  printf "%s\n" "$1" >&2
+  exit 3
+}
 ours=no
 for l in "/proc/$pid/exe" "/proc/$pid/cwd"; do
   t=$(readlink -- "$l" 2>/dev/null) || continue
   case $t in "$dir" | "$dir"/*) ours=yes ;; esac
 done
-while ! gone; do
+if gone; then
+  unsure "process $pid is gone"
+fi
+if ! listening; then
+  unsure "process $pid listens on no TCP port"
+fi
+while :; do
+  sleep 0.02 2>/dev/null || sleep 1
+  if ! listening; then
+    if ! gone; then
+      unsure "process $pid no longer listens on any TCP port"
+    fi
+    if [ "$ours" = yes ]; then
+      exit 0
+    fi
+    unsure "process $pid is gone; it did not run from $dir"
+  fi
   tries=$((tries - 1))
   if [ "$tries" -le 0 ]; then
     printf "%s\n" "process $pid still running" >&2
     exit 1
   fi
-  sleep 0.02 2>/dev/null || sleep 1
-done
-if [ "$ours" != yes ]; then
-  printf "%s\n" "process $pid is gone; it did not run from $dir" >&2
-  exit 3
-fi`
+done`
 
-// WaitExitUnowned is WaitExit's exit status when the process is gone but
-// was not seen running from the directory given: nothing says it was the
-// one to wait for.
-const WaitExitUnowned = 3
+// WaitStoppedUnsure is WaitStopped's exit status when what it saw does not
+// prove the app down: ask the app (its ping).
+const WaitStoppedUnsure = 3
 
-// WaitExit returns the command that waits, on the host, until process pid
-// is gone (no such process, or a zombie waiting for its parent), looking
-// every 20 ms; it exits 1 when the process is still there after about
-// limit. It exits 0 only when, at its first look, the process's executable
-// or working directory lay in dir (such as a release directory, whose
-// bundled ERTS runs the node), so a number that merely looked like a pid
-// proves nothing: then it exits WaitExitUnowned once the process is gone.
-// It costs a shell builtin per look, where asking the app whether it is
-// down (a release's ping) boots a VM. pid must be above 1: kill -0 with 0
-// or -1 would ask about process groups or every process.
-func WaitExit(pid int, dir string, limit time.Duration) (Cmd, error) {
+// WaitStopped returns the command that waits on the host, looking every
+// 20 ms with shell builtins, /proc and one ls, for process pid, the node
+// of an app being stopped, to stop serving. It exits 0 when the process
+// is gone and, at its first look, its executable or working directory lay
+// in dir (a release directory, whose bundled ERTS runs the node): its end
+// is the node's. It exits WaitStoppedUnsure when the process no longer
+// listens on any TCP port although it did at the first look (an Erlang
+// node closes its distribution listener, and so stops answering a ping,
+// well before its VM has unloaded its code and exited), when it did not
+// listen at the first look, and when it is gone without having run from
+// dir: a number that merely looked like a pid proves nothing. It exits 1
+// when the process still serves after about limit. It costs a few
+// milliseconds per look, where asking the app (a release's ping) boots a
+// VM. Without /proc it is unsure at once. pid must be
+// above 1: kill -0 with 0 or -1 would ask about process groups or every
+// process.
+func WaitStopped(pid int, dir string, limit time.Duration) (Cmd, error) {
 	if pid <= 1 {
 		return Cmd{}, fmt.Errorf("wait for process %d: want a process id above 1", pid)
 	}
 	if !path.IsAbs(dir) {
 		return Cmd{}, fmt.Errorf("wait for process %d: directory %q is not absolute", pid, dir)
 	}
-	tries := max(int(limit/waitExitPoll), 1)
-	return named("wait-exit", waitExitScript, strconv.Itoa(pid), path.Clean(dir), strconv.Itoa(tries)), nil
+	tries := max(int(limit/waitStoppedPoll), 1)
+	return named("wait-stopped", waitStoppedScript, strconv.Itoa(pid), path.Clean(dir), strconv.Itoa(tries)), nil
 }

@@ -226,13 +226,38 @@ func (r *Reconciler) switchAndCheck(ctx context.Context, run *run, n *Node, rele
 			return check(checkStart, err)
 		}
 	}
-	if err := run.timed("ping wait", func() error { return r.waitUp(ctx, run, n, release) }); err != nil {
+	served := false
+	if err := run.timed("ping wait", func() (err error) {
+		served, err = r.waitUp(ctx, run, n, release)
+		return err
+	}); err != nil {
 		return check(checkPing, err)
 	}
 	n.Running = true
 	alive.set(n, true)
 	if err := run.timed("membership wait", func() error {
-		return r.waitFor(ctx, p.Manifest.Cluster.Settle, func() (bool, string, error) {
+		settle := p.Manifest.Cluster.Settle
+		deadline := time.Now().Add(settle)
+		// A node answers its ping once its VM is up, and joins the cluster
+		// once its app has started, when it also serves HTTP: a membership
+		// query (a VM per live node) before that could only fail. The
+		// health URL says when to ask, within a hint slice; membership
+		// decides.
+		if !served && p.Manifest.Health != nil {
+			until := time.Now().Add(healthHintSlice)
+			if deadline.Before(until) {
+				until = deadline
+			}
+			hinted := time.Now()
+			ok, err := r.healthHint(ctx, run, n, release, until)
+			if err != nil {
+				return err
+			}
+			if ok {
+				run.rec.Logf(n.Name(), "health answered %v after ping: asking for members", time.Since(hinted).Round(time.Millisecond))
+			}
+		}
+		return r.waitUntil(ctx, deadline, settle, func() (bool, string, error) {
 			return r.membership(ctx, run, alive.list())
 		})
 	}); err != nil {
@@ -304,14 +329,17 @@ func (r *Reconciler) stopNode(ctx context.Context, run *run, n *Node, release st
 }
 
 // waitDown waits until the node running release is down, within
-// rollout.timeout. Each ping boots a VM, and a node takes about a second to
-// go down after its stop command, so when the last successful ping printed
-// the node's OS pid (see ping) it waits on the host, with a loop of shell
-// builtins, until that process is gone (hosts.WaitExit). The process is
-// taken as the node only when it ran from the release's directory (its
-// bundled ERTS, or its working directory): then its end is the node's end.
-// Otherwise ping decides: once after the process is gone, and polled as
-// without a pid when it still answers or the loop gives up.
+// rollout.timeout: until its ping fails. Each ping boots a VM, and a node
+// takes a second or more to go down after its stop command, so when the
+// last successful ping printed the node's OS pid (see ping) it first
+// watches that process on the host, every 20 ms, at the cost of a shell
+// loop (hosts.WaitStopped): until it no longer listens on any TCP port (an
+// Erlang node has closed its distribution, so its ping fails; its VM may
+// take another second to unload its code and exit) or is gone. Only a
+// process that ran from the release's directory (its bundled ERTS, or its
+// working directory) and is gone counts as the node down without a ping;
+// otherwise one ping must fail then, and ping is polled as without a pid
+// when it still answers, or when the watch gives up.
 func (r *Reconciler) waitDown(ctx context.Context, run *run, n *Node, release string) error {
 	p := run.plan
 	limit := p.Manifest.Rollout.Timeout
@@ -322,7 +350,7 @@ func (r *Reconciler) waitDown(ctx context.Context, run *run, n *Node, release st
 	}
 	if pid := n.pid; pid > 1 {
 		started := time.Now()
-		err := r.waitExit(ctx, run, n, pid, hosts.Layout{DeployTo: p.Env.DeployTo}.ReleaseDir(release), deadline)
+		err := r.waitStopped(ctx, run, n, pid, hosts.Layout{DeployTo: p.Env.DeployTo}.ReleaseDir(release), deadline)
 		var ce *hosts.CommandError
 		switch {
 		case err == nil:
@@ -331,18 +359,18 @@ func (r *Reconciler) waitDown(ctx context.Context, run *run, n *Node, release st
 			return nil
 		case ctx.Err() != nil:
 			return ctx.Err()
-		case errors.As(err, &ce) && ce.ExitCode == hosts.WaitExitUnowned:
+		case errors.As(err, &ce) && ce.ExitCode == hosts.WaitStoppedUnsure:
 			ok, _, err := down()
 			if err != nil {
 				return err
 			}
 			if ok {
-				run.rec.Logf(n.Name(), "down: process %d gone and %s fails, %v after the stop command", pid, p.Manifest.Release.Ping, time.Since(started).Round(time.Millisecond))
+				run.rec.Logf(n.Name(), "down: %s; %s fails, %v after the stop command", strings.TrimSpace(ce.Stderr), p.Manifest.Release.Ping, time.Since(started).Round(time.Millisecond))
 				return nil
 			}
-			run.rec.Logf(n.Name(), "process %d is gone but %s still answers: polling it", pid, p.Manifest.Release.Ping)
+			run.rec.Logf(n.Name(), "%s but %s still answers: polling it", strings.TrimSpace(ce.Stderr), p.Manifest.Release.Ping)
 		case errors.As(err, &ce), errors.Is(err, context.DeadlineExceeded):
-			run.rec.Logf(n.Name(), "waiting for process %d: %v; polling %s", pid, err, p.Manifest.Release.Ping)
+			run.rec.Logf(n.Name(), "watching process %d: %v; polling %s", pid, err, p.Manifest.Release.Ping)
 		default:
 			return err
 		}
@@ -354,26 +382,28 @@ func (r *Reconciler) waitDown(ctx context.Context, run *run, n *Node, release st
 	return err
 }
 
-// waitExit runs hosts.WaitExit for pid on n, bounded by deadline.
-func (r *Reconciler) waitExit(ctx context.Context, run *run, n *Node, pid int, dir string, deadline time.Time) error {
-	c, err := hosts.WaitExit(pid, dir, time.Until(deadline))
+// waitStopped runs hosts.WaitStopped for pid on n, bounded by deadline.
+func (r *Reconciler) waitStopped(ctx context.Context, run *run, n *Node, pid int, dir string, deadline time.Time) error {
+	c, err := hosts.WaitStopped(pid, dir, time.Until(deadline))
 	if err != nil {
 		return err
 	}
 	wctx, cancel := context.WithDeadline(ctx, deadline.Add(time.Second))
 	defer cancel()
-	return run.exec(wctx, n.Target, "rollout", c, nil)
+	run.rec.Logf(n.Name(), "$ %s", c.Redacted())
+	return r.Fleet.Run(wctx, n.Target, c, hosts.Exec{Step: "rollout"})
 }
 
-// waitUp waits until the node's ping succeeds, within rollout.timeout. With
-// a health URL it first polls that, every healthHintInterval (one HTTP
-// request costs milliseconds, a ping boots a VM), until it gets any HTTP
-// answer, and pings then; while health gives no answer it still pings
-// once every healthHintSlice, so a node that never serves HTTP is judged by
-// its ping as without a health URL. Ping decides; health only says when to
-// ask. After an answer, or without a health URL, ping is polled at the
+// waitUp waits until the node's ping succeeds, within rollout.timeout, and
+// reports whether its health URL answered meanwhile. With a health URL it
+// first polls that, every healthHintInterval (one HTTP request costs
+// milliseconds, a ping boots a VM), until it gets any HTTP answer, and
+// pings then; while health gives no answer it still pings once every
+// healthHintSlice, so a node that never serves HTTP is judged by its ping
+// as without a health URL. Ping decides; health only says when to ask.
+// After an answer, or without a health URL, ping is polled at the
 // reconciler's interval.
-func (r *Reconciler) waitUp(ctx context.Context, run *run, n *Node, release string) error {
+func (r *Reconciler) waitUp(ctx context.Context, run *run, n *Node, release string) (served bool, _ error) {
 	p := run.plan
 	limit := p.Manifest.Rollout.Timeout
 	deadline := time.Now().Add(limit)
@@ -381,32 +411,33 @@ func (r *Reconciler) waitUp(ctx context.Context, run *run, n *Node, release stri
 	started := time.Now()
 	for {
 		if !answered {
-			var err error
 			until := time.Now().Add(healthHintSlice)
 			if deadline.Before(until) {
 				until = deadline
 			}
+			var err error
 			if answered, err = r.healthHint(ctx, run, n, release, until); err != nil {
-				return err
+				return false, err
 			}
 			if answered {
+				served = true
 				run.rec.Logf(n.Name(), "health answered %v after start: pinging", time.Since(started).Round(time.Millisecond))
 			}
 		}
 		up, err := r.ping(ctx, p, n, run.rec)
 		if err != nil {
-			return err
+			return served, err
 		}
 		if up {
-			return nil
+			return served, nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%w after %v: not answering %s", errCheckTimeout, limit, p.Manifest.Release.Ping)
+			return served, fmt.Errorf("%w after %v: not answering %s", errCheckTimeout, limit, p.Manifest.Release.Ping)
 		}
 		if answered {
 			select {
 			case <-ctx.Done():
-				return ctx.Err()
+				return served, ctx.Err()
 			case <-time.After(r.interval()):
 			}
 		}
@@ -417,7 +448,11 @@ const (
 	// healthHintInterval is how often waitUp polls the health URL.
 	healthHintInterval = 20 * time.Millisecond
 	// healthHintSlice is how long waitUp polls health without an answer
-	// before it pings all the same.
+	// before it pings all the same, and how long the membership wait
+	// polls it before it asks all the same. On the test bed a big app's
+	// VM answers its ping only a little before it serves HTTP, and a
+	// ping that fails costs a VM boot beside the node's own: 0.5 s was
+	// no faster than 1 s.
 	healthHintSlice = time.Second
 )
 
