@@ -46,6 +46,9 @@ done
 if gone; then
   unsure "process $pid is gone"
 fi
+if [ "$ours" != yes ]; then
+  unsure "process $pid does not run from $dir"
+fi
 if ! listening; then
   unsure "process $pid listens on no TCP port"
 fi
@@ -55,10 +58,7 @@ while :; do
     if ! gone; then
       unsure "process $pid no longer listens on any TCP port"
     fi
-    if [ "$ours" = yes ]; then
-      exit 0
-    fi
-    unsure "process $pid is gone; it did not run from $dir"
+    exit 0
   fi
   tries=$((tries - 1))
   if [ "$tries" -le 0 ]; then
@@ -73,20 +73,19 @@ const WaitStoppedUnsure = 3
 
 // WaitStopped returns the command that waits on the host, looking every
 // 20 ms with shell builtins, /proc and one ls, for process pid, the node
-// of an app being stopped, to stop serving. It exits 0 when the process
-// is gone and, at its first look, its executable or working directory lay
-// in dir (a release directory, whose bundled ERTS runs the node): its end
-// is the node's. It exits WaitStoppedUnsure when the process no longer
-// listens on any TCP port although it did at the first look (an Erlang
+// of an app being stopped, to stop serving. It watches only a process that
+// runs from dir (its executable or working directory lies there, as a
+// release's bundled ERTS does) and listens on some TCP port at its first
+// look; any other is not known to be the node, and it exits
+// WaitStoppedUnsure at once: a number that merely looked like a pid proves
+// nothing. Watching, it exits 0 when the process is gone, and
+// WaitStoppedUnsure when it no longer listens on any TCP port (an Erlang
 // node closes its distribution listener, and so stops answering a ping,
-// well before its VM has unloaded its code and exited), when it did not
-// listen at the first look, and when it is gone without having run from
-// dir: a number that merely looked like a pid proves nothing. It exits 1
-// when the process still serves after about limit. It costs a few
-// milliseconds per look, where asking the app (a release's ping) boots a
-// VM. Without /proc it is unsure at once. pid must be
-// above 1: kill -0 with 0 or -1 would ask about process groups or every
-// process.
+// well before its VM has unloaded its code and exited): then ask the app
+// (its ping). It exits 1 when the process still listens after about limit.
+// A look costs a few milliseconds, where asking the app boots a VM.
+// Without /proc it is unsure at once. pid must be above 1: kill -0 with 0
+// or -1 would ask about process groups or every process.
 func WaitStopped(pid int, dir string, limit time.Duration) (Cmd, error) {
 	if pid <= 1 {
 		return Cmd{}, fmt.Errorf("wait for process %d: want a process id above 1", pid)

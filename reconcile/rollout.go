@@ -333,13 +333,13 @@ func (r *Reconciler) stopNode(ctx context.Context, run *run, n *Node, release st
 // takes a second or more to go down after its stop command, so when the
 // last successful ping printed the node's OS pid (see ping) it first
 // watches that process on the host, every 20 ms, at the cost of a shell
-// loop (hosts.WaitStopped): until it no longer listens on any TCP port (an
-// Erlang node has closed its distribution, so its ping fails; its VM may
-// take another second to unload its code and exit) or is gone. Only a
-// process that ran from the release's directory (its bundled ERTS, or its
-// working directory) and is gone counts as the node down without a ping;
-// otherwise one ping must fail then, and ping is polled as without a pid
-// when it still answers, or when the watch gives up.
+// loop (hosts.WaitStopped), provided the process runs from the release's
+// directory (its bundled ERTS, or its working directory) and listens on
+// some TCP port: until it no longer listens (an Erlang node has closed its
+// distribution, so its ping fails; its VM may take another second to
+// unload its code and exit), or is gone, which alone counts as the node
+// down without a ping. Otherwise one ping must fail, and ping is polled as
+// without a pid when it still answers, or when the watch gives up.
 func (r *Reconciler) waitDown(ctx context.Context, run *run, n *Node, release string) error {
 	p := run.plan
 	limit := p.Manifest.Rollout.Timeout
