@@ -43,7 +43,8 @@ import (
 // Variants: tiny (the example app as it is) and sized (the same app plus
 // generated modules, so that a clean build costs what a mid-size Phoenix
 // app's does). It reports seconds and ratios with b.ReportMetric and, when
-// BENCH_REPORT names a file, writes a markdown report there (make bench
+// BENCH_REPORT names a file (relative to the repository's root), writes a
+// markdown report there (make bench
 // writes docs/benchmarks.md). It never fails on a figure: it reports.
 // Run it with -benchtime=1x: every round of a variant takes minutes.
 func BenchmarkDeployOneLineChange(b *testing.B) {
@@ -70,6 +71,11 @@ func BenchmarkDeployOneLineChange(b *testing.B) {
 		}
 	}
 	if path := os.Getenv("BENCH_REPORT"); path != "" && len(results)+len(failed) > 0 {
+		// go test runs this in reconcile/: a relative path, as in
+		// BENCH_REPORT=docs/benchmarks.md, is the repository's.
+		if !filepath.IsAbs(path) {
+			path = filepath.Join("..", path)
+		}
 		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 			b.Fatal(err)
 		}
