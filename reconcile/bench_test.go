@@ -44,8 +44,8 @@ import (
 // generated modules, so that a clean build costs what a mid-size Phoenix
 // app's does). It reports seconds and ratios with b.ReportMetric and, when
 // BENCH_REPORT names a file (relative to the repository's root), writes a
-// markdown report there (make bench
-// writes docs/benchmarks.md). It never fails on a figure: it reports.
+// markdown report there (make bench writes docs/benchmarks.md). It never
+// fails on a figure: it reports.
 // Run it with -benchtime=1x: every round of a variant takes minutes.
 func BenchmarkDeployOneLineChange(b *testing.B) {
 	src, err := filepath.Abs("../examples/cluster-app")
