@@ -938,13 +938,13 @@ func variantReport(w io.Writer, res *variantResult) {
 	p("| | floor | ours |")
 	p("| --- | ---: | ---: |")
 	p("| out of the load balancer (ours: `drain wait`) | | %.2f |", (d.Spent["drain wait"] / n).Seconds())
-	p("| stop until down (floor: until its name leaves epmd; ours: `stop`, the stop command, then until the node's OS process, whose pid its last ping printed, is gone; ping when that cannot be told) | %.2f | %.2f |", (fStop / n).Seconds(), (d.Spent["stop"] / n).Seconds())
+	p("| stop until down (floor: until its name leaves epmd; ours: `stop`, the stop command, then until the node's OS process, whose pid its last ping printed, listens on no TCP port, then one ping that fails; ping polled when that cannot be told) | %.2f | %.2f |", (fStop / n).Seconds(), (d.Spent["stop"] / n).Seconds())
 	p("| start command | %.2f | %.2f |", (fStart / n).Seconds(), (d.Spent["start"] / n).Seconds())
 	p("| back in the full mesh (floor: every `/health` lists the others; ours: `ping wait` (health polled until it answers, then ping) + `membership wait` + `health wait`) | %.2f | %.2f |", (fRejoin / n).Seconds(), ((d.Spent["ping wait"] + d.Spent["membership wait"] + d.Spent["health wait"]) / n).Seconds())
 	p("| the operator's own: switch `current`, previous-release record, HAProxy ready | | %.2f |", (rolloutOwn / n).Seconds())
 	p("| **node total** (ours: the rollout phase / %d) | **%.2f** | **%.2f** |", len(res.nodes), ((fStop + fStart + fRejoin) / n).Seconds(), (rollout / n).Seconds())
 	p("")
-	p("For reference, measured by hand over SSH on n1 after the rounds: one ping (`bin/chat pid`) %.2f s, one membership query (`bin/chat rpc`) %.2f s. Each boots an Erlang VM. The operator's stop waits on the node, with a shell loop, until the node's OS process (the pid its last ping printed, when it ran from the release's directory) is gone, which comes a little after its name leaves epmd; after the start it polls the health URL every 20 ms until it answers, then pings, then asks every live node for its members at once, retrying both at its poll interval (`Reconciler.Interval`, left at its default here).", res.pingProbe.Seconds(), res.membersProbe.Seconds())
+	p("For reference, measured by hand over SSH on n1 after the rounds: one ping (`bin/chat pid`) %.2f s, one membership query (`bin/chat rpc`) %.2f s. Each boots an Erlang VM. The operator's stop watches the node's OS process on the node with a shell loop (the pid its last ping printed, when it runs from the release's directory) until it listens on no TCP port, when the node has left epmd (its VM exits later, up to 1.4 s later in the sized variant, once it has unloaded its code), then runs one ping, which must fail; after the start it polls the health URL every 20 ms until it answers, then pings, then asks every live node for its members at once, retrying both at its poll interval (`Reconciler.Interval`, left at its default here).", res.pingProbe.Seconds(), res.membersProbe.Seconds())
 }
 
 // otherKinds are the kinds of d.Spent beyond spentKinds, sorted.
