@@ -114,7 +114,8 @@ func TestWaitStoppedRuns(t *testing.T) {
 	}
 
 	t.Run("listening then gone, of dir", func(t *testing.T) {
-		c := listener(300 * time.Millisecond)
+		// Long enough for the script's first look on a busy machine.
+		c := listener(1500 * time.Millisecond)
 		if got := code(c.Process.Pid, dir, time.Minute); got != 0 {
 			t.Errorf("exit %d, want 0", got)
 		}
