@@ -36,6 +36,12 @@ type Copy struct {
 	To     []Target
 	ToPath string
 	Mode   fs.FileMode
+	// Into, when it has Args, is run on every host of To with the bytes on
+	// its stdin, instead of writing them to ToPath: a command that unpacks
+	// as it receives (Layout.Receive). It must check SHA256 itself. No
+	// destination is skipped then: Into decides what to do with what it
+	// holds.
+	Into Cmd
 	// Parallel bounds the destinations written at once; more destinations
 	// take more passes over the source. 0 means 8.
 	Parallel int
@@ -59,7 +65,7 @@ type CopyResult struct {
 // per pass, as the stdout of a cat on the source host, and writes it to
 // every destination of the pass at once through their sessions' stdin (each
 // writing to a temporary file, verified against the SHA-256, renamed into
-// place). The bytes pass through this process in a small buffer: never
+// place; or running c.Into). The bytes pass through this process in a small buffer: never
 // whole in memory, never on the operator's disk; the slowest destination
 // sets the pace. Hosts that already hold a file with that SHA-256 at
 // c.ToPath are skipped. A destination that fails is dropped and the others
@@ -106,6 +112,10 @@ func (p *Pool) FanOut(ctx context.Context, c Copy) ([]CopyResult, error) {
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, parallel)
 	for i, t := range c.To {
+		if len(c.Into.Args) > 0 {
+			need = append(need, i)
+			continue
+		}
 		wg.Go(func() {
 			sem <- struct{}{}
 			defer func() { <-sem }()
@@ -145,13 +155,17 @@ var errDestinationDone = errors.New("destination command ended")
 // fanOutPass streams the source once to the destinations results[idx].
 func (p *Pool) fanOutPass(ctx context.Context, c Copy, sum string, mode fs.FileMode, idx []int, results []CopyResult) {
 	fw := &fanWriter{}
+	dest := c.Into
+	if len(dest.Args) == 0 {
+		dest = WriteFile(c.ToPath, mode, sum)
+	}
 	var wg sync.WaitGroup
 	for _, i := range idx {
 		pr, pw := io.Pipe()
 		fw.dests = append(fw.dests, &fanDest{pw: pw})
 		wg.Go(func() {
 			start := time.Now()
-			err := p.Run(ctx, c.To[i], WriteFile(c.ToPath, mode, sum), Exec{Step: "stage", Stdin: pr})
+			err := p.Run(ctx, c.To[i], dest, Exec{Step: "stage", Stdin: pr})
 			pr.CloseWithError(errDestinationDone)
 			if err != nil {
 				err = fmt.Errorf("copy %s from %s: %w", c.FromPath, c.From, err)

@@ -43,8 +43,9 @@ import (
 // Variants: tiny (the example app as it is) and sized (the same app plus
 // generated modules, so that a clean build costs what a mid-size Phoenix
 // app's does). It reports seconds and ratios with b.ReportMetric and, when
-// BENCH_REPORT names a file, writes a markdown report there (make bench
-// writes docs/benchmarks.md). It never fails on a figure: it reports.
+// BENCH_REPORT names a file (relative to the repository's root), writes a
+// markdown report there (make bench writes docs/benchmarks.md). It never
+// fails on a figure: it reports.
 // Run it with -benchtime=1x: every round of a variant takes minutes.
 func BenchmarkDeployOneLineChange(b *testing.B) {
 	src, err := filepath.Abs("../examples/cluster-app")
@@ -70,6 +71,11 @@ func BenchmarkDeployOneLineChange(b *testing.B) {
 		}
 	}
 	if path := os.Getenv("BENCH_REPORT"); path != "" && len(results)+len(failed) > 0 {
+		// go test runs this in reconcile/: a relative path, as in
+		// BENCH_REPORT=docs/benchmarks.md, is the repository's.
+		if !filepath.IsAbs(path) {
+			path = filepath.Join("..", path)
+		}
 		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 			b.Fatal(err)
 		}
@@ -847,7 +853,7 @@ func variantReport(w io.Writer, res *variantResult) {
 	p("")
 	p("| phase | seconds | outcome |")
 	p("| --- | ---: | --- |")
-	p("| plan: fetch, observe the nodes and the build host | %.2f | |", o.plan.Seconds())
+	p("| plan: fetch, observe the nodes (the health URL of a node to update; its ping runs in the background, awaited by the rollout) and the build host | %.2f | |", o.plan.Seconds())
 	var phases time.Duration
 	for _, ph := range d.Phases {
 		phases += ph.Duration
@@ -884,7 +890,7 @@ func variantReport(w io.Writer, res *variantResult) {
 		}
 		what := map[string]string{
 			"build":   "build: workspace, push, checkout, step records, artifact kept",
-			"stage":   "stage: artifact to every node, unpack, links, vm.args",
+			"stage":   "stage: artifact streamed from the build host into an unpack on every node (hashed, links made, renamed), vm.args",
 			"migrate": "migrate: the app's `release.migrate` command (boots a VM) and the operator's marker",
 			"rollout": "rollout: switch `current`, previous-release record, HAProxy ready",
 			"prune":   "prune: old releases",
@@ -932,13 +938,13 @@ func variantReport(w io.Writer, res *variantResult) {
 	p("| | floor | ours |")
 	p("| --- | ---: | ---: |")
 	p("| out of the load balancer (ours: `drain wait`) | | %.2f |", (d.Spent["drain wait"] / n).Seconds())
-	p("| stop until down (floor: until its name leaves epmd; ours: `stop`, the stop command, then ping until it fails) | %.2f | %.2f |", (fStop / n).Seconds(), (d.Spent["stop"] / n).Seconds())
+	p("| stop until down (floor: until its name leaves epmd; ours: `stop`, the stop command, then until the node's OS process, whose pid its last ping printed, listens on no TCP port, then one ping that fails; ping polled when that cannot be told) | %.2f | %.2f |", (fStop / n).Seconds(), (d.Spent["stop"] / n).Seconds())
 	p("| start command | %.2f | %.2f |", (fStart / n).Seconds(), (d.Spent["start"] / n).Seconds())
-	p("| back in the full mesh (floor: every `/health` lists the others; ours: `ping wait` + `membership wait` + `health wait`) | %.2f | %.2f |", (fRejoin / n).Seconds(), ((d.Spent["ping wait"] + d.Spent["membership wait"] + d.Spent["health wait"]) / n).Seconds())
+	p("| back in the full mesh (floor: every `/health` lists the others; ours: `ping wait` (health polled until it answers, then ping) + `membership wait` + `health wait`) | %.2f | %.2f |", (fRejoin / n).Seconds(), ((d.Spent["ping wait"] + d.Spent["membership wait"] + d.Spent["health wait"]) / n).Seconds())
 	p("| the operator's own: switch `current`, previous-release record, HAProxy ready | | %.2f |", (rolloutOwn / n).Seconds())
 	p("| **node total** (ours: the rollout phase / %d) | **%.2f** | **%.2f** |", len(res.nodes), ((fStop + fStart + fRejoin) / n).Seconds(), (rollout / n).Seconds())
 	p("")
-	p("For reference, measured by hand over SSH on n1 after the rounds: one ping (`bin/chat pid`) %.2f s, one membership query (`bin/chat rpc`) %.2f s. Each boots an Erlang VM; the operator's stop waits until ping fails, and after the start it polls ping, then membership (on every node at once), at its poll interval (`Reconciler.Interval`, left at its default here).", res.pingProbe.Seconds(), res.membersProbe.Seconds())
+	p("For reference, measured by hand over SSH on n1 after the rounds: one ping (`bin/chat pid`) %.2f s, one membership query (`bin/chat rpc`) %.2f s. Each boots an Erlang VM. The operator's stop watches the node's OS process on the node with a shell loop (the pid its last ping printed, when it runs from the release's directory) until it listens on no TCP port, when the node has left epmd (its VM exits later, up to 1.4 s later in the sized variant, once it has unloaded its code), then runs one ping, which must fail; after the start it polls the health URL every 20 ms until it answers, then pings, then asks every live node for its members at once, retrying both at its poll interval (`Reconciler.Interval`, left at its default here).", res.pingProbe.Seconds(), res.membersProbe.Seconds())
 }
 
 // otherKinds are the kinds of d.Spent beyond spentKinds, sorted.

@@ -83,6 +83,27 @@ func (r *Reconciler) build(ctx context.Context, run *run) error {
 	if err := run.exec(ctx, p.Build, "build", c, nil); err != nil {
 		return err
 	}
+	// The step records do not depend on the checkout: read them meanwhile.
+	type stepsRead struct {
+		out []byte
+		err error
+	}
+	steps := make(chan stepsRead, 1)
+	readSteps, err := ws.ReadSteps()
+	if err != nil {
+		return err
+	}
+	go func() {
+		out, err := run.output(ctx, p.Build, readSteps)
+		steps <- stepsRead{out, err}
+	}()
+	var read stepsRead
+	readDone := false
+	defer func() {
+		if !readDone { // returned early: the read must not outlive the phase
+			<-steps
+		}
+	}()
 	started := time.Now()
 	if err := r.Source.Push(ctx, &starter{fleet: r.Fleet, target: p.Build, rec: run.rec}, ws.Repo(), sha); err != nil {
 		return fmt.Errorf("push %s to %s: %w", short(sha), p.Build.Name, err)
@@ -94,14 +115,11 @@ func (r *Reconciler) build(ctx context.Context, run *run) error {
 	if err := run.exec(ctx, p.Build, "build", c, nil); err != nil {
 		return err
 	}
-	if c, err = ws.ReadSteps(); err != nil {
-		return err
+	read, readDone = <-steps, true
+	if read.err != nil {
+		return read.err
 	}
-	out, err := run.output(ctx, p.Build, c)
-	if err != nil {
-		return err
-	}
-	recorded := hosts.ParseSteps(out)
+	recorded := hosts.ParseSteps(read.out)
 	env := maps.Clone(p.Manifest.Build.Env)
 	if env == nil {
 		env = map[string]string{}
@@ -150,7 +168,8 @@ func (r *Reconciler) build(ctx context.Context, run *run) error {
 	if c, err = ws.StoreArtifact(sha, p.Manifest.Build.Artifact); err != nil {
 		return err
 	}
-	if out, err = run.output(ctx, p.Build, c); err != nil {
+	out, err := run.output(ctx, p.Build, c)
+	if err != nil {
 		return &DeployError{Class: classOf(err), Phase: "build", Host: p.Build.Name, Err: err}
 	}
 	if run.artifact, err = hosts.ParseSum(out); err != nil || run.artifact == "" {

@@ -4,9 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"path"
+	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/clusterops/operator/gitsrc"
 	"github.com/clusterops/operator/hosts"
@@ -36,9 +40,25 @@ type Node struct {
 	// Previous is the release the node ran before Current, as recorded at
 	// the last switch; "" when unknown.
 	Previous string
-	// Running is whether the release's ping command succeeds.
+	// Running is whether the release's ping command succeeds. For a node
+	// not on the desired commit whose health URL answered with
+	// expect_status, it is that answer until the rollout, which waits for
+	// the ping observe started and takes its word (see observe).
 	Running  bool
 	Releases []hosts.Release
+
+	// pid is the node's OS process id as its last successful ping printed
+	// it, 0 when unknown: see ping.
+	pid int
+	// confirm, when not nil, delivers the ping that decides Running.
+	confirm chan pingResult
+}
+
+// pingResult is a ping that ran in the background.
+type pingResult struct {
+	up  bool
+	pid int
+	err error
 }
 
 // Name is the node's host name in the manifest.
@@ -234,27 +254,130 @@ func (r *Reconciler) observe(ctx context.Context, p *Plan, n *Node) error {
 	if n.Current == "" {
 		return nil
 	}
+	// A ping boots a VM on the node (a fifth of a second of CPU), the
+	// health URL costs a request. Whether a node not on the desired commit
+	// runs matters only to the rollout, which restarts it: such a node
+	// whose health answers is taken as running for now, and its ping runs
+	// in the background; the rollout waits for it (confirmRunning). A node
+	// on the desired commit is pinged here: it decides whether there is
+	// anything to do.
+	if p.Manifest.Health != nil && p.Commit.SHA != "" && n.Current != p.Commit.SHA && r.healthy(ctx, p, n) {
+		n.Running = true
+		n.confirm = make(chan pingResult, 1)
+		shadow := *n
+		go func() {
+			up, err := r.ping(ctx, p, &shadow, nil)
+			n.confirm <- pingResult{up: up, pid: shadow.pid, err: err}
+		}()
+		return nil
+	}
 	n.Running, err = r.ping(ctx, p, n, nil)
 	return err
 }
 
+// observeHealthTimeout bounds observe's health request: a node that does
+// not answer within it is pinged.
+const observeHealthTimeout = time.Second
+
+// healthy reports whether the health URL of n's current release answers
+// with expect_status.
+func (r *Reconciler) healthy(ctx context.Context, p *Plan, n *Node) bool {
+	data, err := r.templateData(p, n, n.Current)
+	if err != nil {
+		return false
+	}
+	url, err := manifests.Render(p.Manifest.Health.URL, data)
+	if err != nil {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(ctx, observeHealthTimeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return false
+	}
+	resp, err := r.httpClient().Do(req)
+	if err != nil {
+		return false
+	}
+	io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
+	resp.Body.Close()
+	return resp.StatusCode == p.Manifest.Health.ExpectStatus
+}
+
+// confirmRunning settles n.Running with the ping observe left running in
+// the background, if any; a ping that could not run (the host, the
+// context) is run again here.
+func (r *Reconciler) confirmRunning(ctx context.Context, run *run, n *Node) error {
+	if n.confirm == nil {
+		return nil
+	}
+	res := <-n.confirm
+	n.confirm = nil
+	if res.err != nil {
+		up, err := r.ping(ctx, run.plan, n, run.rec)
+		if err != nil {
+			return err
+		}
+		res.up, res.pid = up, n.pid
+	}
+	if !res.up {
+		run.rec.Logf(n.Name(), "its health URL answered but %s fails: not running", run.plan.Manifest.Release.Ping)
+	}
+	n.Running, n.pid = res.up, res.pid
+	return nil
+}
+
 // ping runs the release's ping command in current: true when it exits 0,
-// false when it fails, an error when the host could not be asked.
+// false when it fails, an error when the host could not be asked. When it
+// succeeds and prints nothing but a number above 1 (a Mix release's
+// `bin/<app> pid` prints the node's OS pid), that number is kept as the
+// node's pid, a hint for waiting until the node is down; any other output
+// leaves no hint.
 func (r *Reconciler) ping(ctx context.Context, p *Plan, n *Node, sink hosts.LogSink) (bool, error) {
 	env, err := r.releaseEnv(p, n, n.Current)
 	if err != nil {
 		return false, err
 	}
-	err = r.Fleet.Run(ctx, n.Target, hosts.ShellCmd(hosts.Layout{DeployTo: p.Env.DeployTo}.Current(), p.Manifest.Release.Ping, env), hosts.Exec{Step: "ping", Sink: sink})
+	var out strings.Builder
+	c := hosts.ShellCmd(hosts.Layout{DeployTo: p.Env.DeployTo}.Current(), p.Manifest.Release.Ping, env)
+	err = r.Fleet.Run(ctx, n.Target, c, hosts.Exec{Step: "ping", Stdout: &limitedWriter{w: &out, n: 4096}, Sink: sink})
+	if sink != nil {
+		for _, line := range strings.Split(strings.TrimRight(out.String(), "\n"), "\n") {
+			if line != "" {
+				sink.Line(n.Target.String(), "stdout", line)
+			}
+		}
+	}
 	var ce *hosts.CommandError
 	switch {
 	case err == nil:
+		n.pid = 0
+		if pid, err := strconv.Atoi(strings.TrimSpace(out.String())); err == nil && pid > 1 {
+			n.pid = pid
+		}
 		return true, nil
 	case errors.As(err, &ce):
+		n.pid = 0
 		return false, nil
 	default:
 		return false, err
 	}
+}
+
+// limitedWriter keeps the first n bytes written to w and drops the rest.
+type limitedWriter struct {
+	w io.Writer
+	n int
+}
+
+func (l *limitedWriter) Write(b []byte) (int, error) {
+	if l.n > 0 {
+		k := min(len(b), l.n)
+		l.w.Write(b[:k])
+		l.n -= k
+	}
+	return len(b), nil
 }
 
 // releaseEnv renders release.env for node n running commit.

@@ -97,6 +97,9 @@ func (r *Reconciler) rollout(ctx context.Context, run *run) error {
 	alive := &live{nodes: map[string]*Node{}}
 	var todo []*Node
 	for _, n := range p.Nodes {
+		if err := r.confirmRunning(ctx, run, n); err != nil {
+			return classify("rollout", n.Name(), err)
+		}
 		alive.set(n, n.Running)
 		if n.upToDate(sha) {
 			run.rec.Node(history.NodeResult{Host: n.Name(), From: n.Current, To: n.Current, Outcome: "unchanged"})
@@ -223,18 +226,38 @@ func (r *Reconciler) switchAndCheck(ctx context.Context, run *run, n *Node, rele
 			return check(checkStart, err)
 		}
 	}
-	if err := run.timed("ping wait", func() error {
-		return r.waitFor(ctx, p.Manifest.Rollout.Timeout, func() (bool, string, error) {
-			up, err := r.ping(ctx, p, n, run.rec)
-			return up, "not answering " + p.Manifest.Release.Ping, err
-		})
+	served := false
+	if err := run.timed("ping wait", func() (err error) {
+		served, err = r.waitUp(ctx, run, n, release)
+		return err
 	}); err != nil {
 		return check(checkPing, err)
 	}
 	n.Running = true
 	alive.set(n, true)
 	if err := run.timed("membership wait", func() error {
-		return r.waitFor(ctx, p.Manifest.Cluster.Settle, func() (bool, string, error) {
+		settle := p.Manifest.Cluster.Settle
+		deadline := time.Now().Add(settle)
+		// A node answers its ping once its VM is up, and joins the cluster
+		// once its app has started, when it also serves HTTP: a membership
+		// query (a VM per live node) before that could only fail. The
+		// health URL says when to ask, within a hint slice; membership
+		// decides.
+		if !served && p.Manifest.Health != nil {
+			until := time.Now().Add(healthHintSlice)
+			if deadline.Before(until) {
+				until = deadline
+			}
+			hinted := time.Now()
+			ok, err := r.healthHint(ctx, run, n, release, until)
+			if err != nil {
+				return err
+			}
+			if ok {
+				run.rec.Logf(n.Name(), "health answered %v after ping: asking for members", time.Since(hinted).Round(time.Millisecond))
+			}
+		}
+		return r.waitUntil(ctx, deadline, settle, func() (bool, string, error) {
 			return r.membership(ctx, run, alive.list())
 		})
 	}); err != nil {
@@ -302,10 +325,179 @@ func (r *Reconciler) stopNode(ctx context.Context, run *run, n *Node, release st
 			return err
 		}
 	}
-	return r.waitFor(ctx, p.Manifest.Rollout.Timeout, func() (bool, string, error) {
+	return r.waitDown(ctx, run, n, release)
+}
+
+// waitDown waits until the node running release is down, within
+// rollout.timeout: until its ping fails. Each ping boots a VM, and a node
+// takes a second or more to go down after its stop command, so when the
+// last successful ping printed the node's OS pid (see ping) it first
+// watches that process on the host, every 20 ms, at the cost of a shell
+// loop (hosts.WaitStopped), provided the process runs from the release's
+// directory (its bundled ERTS, or its working directory) and listens on
+// some TCP port: until it no longer listens (an Erlang node has closed its
+// distribution, so its ping fails; its VM may take another second to
+// unload its code and exit), or is gone, which alone counts as the node
+// down without a ping. Otherwise one ping must fail, and ping is polled as
+// without a pid when it still answers, or when the watch gives up.
+func (r *Reconciler) waitDown(ctx context.Context, run *run, n *Node, release string) error {
+	p := run.plan
+	limit := p.Manifest.Rollout.Timeout
+	deadline := time.Now().Add(limit)
+	down := func() (bool, string, error) {
 		up, err := r.ping(ctx, p, n, nil)
 		return !up, "still answering " + p.Manifest.Release.Ping, err
-	})
+	}
+	if pid := n.pid; pid > 1 {
+		started := time.Now()
+		err := r.waitStopped(ctx, run, n, pid, hosts.Layout{DeployTo: p.Env.DeployTo}.ReleaseDir(release), deadline)
+		var ce *hosts.CommandError
+		switch {
+		case err == nil:
+			run.rec.Logf(n.Name(), "down: process %d of %s gone %v after the stop command", pid, short(release), time.Since(started).Round(time.Millisecond))
+			n.pid = 0
+			return nil
+		case ctx.Err() != nil:
+			return ctx.Err()
+		case errors.As(err, &ce) && ce.ExitCode == hosts.WaitStoppedUnsure:
+			ok, _, err := down()
+			if err != nil {
+				return err
+			}
+			if ok {
+				run.rec.Logf(n.Name(), "down: %s; %s fails, %v after the stop command", strings.TrimSpace(ce.Stderr), p.Manifest.Release.Ping, time.Since(started).Round(time.Millisecond))
+				return nil
+			}
+			run.rec.Logf(n.Name(), "%s but %s still answers: polling it", strings.TrimSpace(ce.Stderr), p.Manifest.Release.Ping)
+		case errors.As(err, &ce), errors.Is(err, context.DeadlineExceeded):
+			run.rec.Logf(n.Name(), "watching process %d: %v; polling %s", pid, err, p.Manifest.Release.Ping)
+		default:
+			return err
+		}
+	}
+	err := r.waitUntil(ctx, deadline, limit, down)
+	if err == nil {
+		n.pid = 0
+	}
+	return err
+}
+
+// waitStopped runs hosts.WaitStopped for pid on n, bounded by deadline.
+func (r *Reconciler) waitStopped(ctx context.Context, run *run, n *Node, pid int, dir string, deadline time.Time) error {
+	c, err := hosts.WaitStopped(pid, dir, time.Until(deadline))
+	if err != nil {
+		return err
+	}
+	wctx, cancel := context.WithDeadline(ctx, deadline.Add(time.Second))
+	defer cancel()
+	run.rec.Logf(n.Name(), "$ %s", c.Redacted())
+	return r.Fleet.Run(wctx, n.Target, c, hosts.Exec{Step: "rollout"})
+}
+
+// waitUp waits until the node's ping succeeds, within rollout.timeout, and
+// reports whether its health URL answered meanwhile. With a health URL it
+// first polls that, every healthHintInterval (one HTTP request costs
+// milliseconds, a ping boots a VM), until it gets any HTTP answer, and
+// pings then; while health gives no answer it still pings once every
+// healthHintSlice, so a node that never serves HTTP is judged by its ping
+// as without a health URL. Ping decides; health only says when to ask.
+// After an answer, or without a health URL, ping is polled at the
+// reconciler's interval.
+func (r *Reconciler) waitUp(ctx context.Context, run *run, n *Node, release string) (served bool, _ error) {
+	p := run.plan
+	limit := p.Manifest.Rollout.Timeout
+	deadline := time.Now().Add(limit)
+	answered := p.Manifest.Health == nil
+	started := time.Now()
+	for {
+		if !answered {
+			until := time.Now().Add(healthHintSlice)
+			if deadline.Before(until) {
+				until = deadline
+			}
+			var err error
+			if answered, err = r.healthHint(ctx, run, n, release, until); err != nil {
+				return false, err
+			}
+			if answered {
+				served = true
+				run.rec.Logf(n.Name(), "health answered %v after start: pinging", time.Since(started).Round(time.Millisecond))
+			}
+		}
+		up, err := r.ping(ctx, p, n, run.rec)
+		if err != nil {
+			return served, err
+		}
+		if up {
+			return served, nil
+		}
+		if time.Now().After(deadline) {
+			return served, fmt.Errorf("%w after %v: not answering %s", errCheckTimeout, limit, p.Manifest.Release.Ping)
+		}
+		if answered {
+			select {
+			case <-ctx.Done():
+				return served, ctx.Err()
+			case <-time.After(r.interval()):
+			}
+		}
+	}
+}
+
+const (
+	// healthHintInterval is how often waitUp polls the health URL.
+	healthHintInterval = 20 * time.Millisecond
+	// healthHintSlice is how long waitUp polls health without an answer
+	// before it pings all the same, and how long the membership wait
+	// polls it before it asks all the same. On the test bed a big app's
+	// VM answers its ping only a little before it serves HTTP, and a
+	// ping that fails costs a VM boot beside the node's own: 0.5 s was
+	// no faster than 1 s.
+	healthHintSlice = time.Second
+)
+
+// healthHint polls the node's health URL until it answers with any HTTP
+// status (the app serves: worth a ping) or until passes; it reports
+// whether it answered.
+func (r *Reconciler) healthHint(ctx context.Context, run *run, n *Node, release string, until time.Time) (bool, error) {
+	data, err := r.templateData(run.plan, n, release)
+	if err != nil {
+		return false, err
+	}
+	url, err := manifests.Render(run.plan.Manifest.Health.URL, data)
+	if err != nil {
+		return false, err
+	}
+	for {
+		if r.answers(ctx, url, until) {
+			return true, nil
+		}
+		if !time.Now().Add(healthHintInterval).Before(until) {
+			return false, nil
+		}
+		select {
+		case <-ctx.Done():
+			return false, ctx.Err()
+		case <-time.After(healthHintInterval):
+		}
+	}
+}
+
+// answers reports whether a GET of url gets any HTTP response before until.
+func (r *Reconciler) answers(ctx context.Context, url string, until time.Time) bool {
+	ctx, cancel := context.WithDeadline(ctx, until)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return false
+	}
+	resp, err := r.httpClient().Do(req)
+	if err != nil {
+		return false
+	}
+	io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
+	resp.Body.Close()
+	return true
 }
 
 // membership asks every live node whom it is connected to (the manifest's
@@ -443,7 +635,12 @@ func (r *Reconciler) setLB(ctx context.Context, run *run, n *Node, state string)
 // waitFor polls cond every interval until it holds, fails, or limit passes;
 // then the error says what cond last reported.
 func (r *Reconciler) waitFor(ctx context.Context, limit time.Duration, cond func() (bool, string, error)) error {
-	deadline := time.Now().Add(limit)
+	return r.waitUntil(ctx, time.Now().Add(limit), limit, cond)
+}
+
+// waitUntil is waitFor with the deadline given; limit is what the error
+// says the wait was allowed.
+func (r *Reconciler) waitUntil(ctx context.Context, deadline time.Time, limit time.Duration, cond func() (bool, string, error)) error {
 	for {
 		ok, state, err := cond()
 		if err != nil {

@@ -14,12 +14,14 @@ import (
 	"github.com/clusterops/operator/manifests"
 )
 
-// stage puts the release on every node at once: the artifact goes from the
-// build host straight to the nodes that lack the release (verified by
-// sha256), is unpacked into releases/<commit> under a temporary name and
-// renamed, and then gets its shared links and rendered per-node files.
-// Links and files are applied on every run, so a release left without them
-// by an interrupted run is completed.
+// stage puts the release on every node at once: the artifact streams from
+// the build host straight into an unpack on each node that lacks the
+// release (hosts.Layout.Receive: hashed as it arrives, unpacked and given
+// its shared links under a temporary name, renamed into releases/<commit>
+// only when the sha256 matches), then every node gets its rendered per-node
+// files. A node that already holds the release gets its links again, so a
+// release left without them by an interrupted run of an older operator is
+// completed; files are written on every run.
 func (r *Reconciler) stage(ctx context.Context, run *run) error {
 	p := run.plan
 	sha := p.Commit.SHA
@@ -34,42 +36,40 @@ func (r *Reconciler) stage(ctx context.Context, run *run) error {
 			lacking = append(lacking, n)
 		}
 	}
-	if err := forEach(p.Nodes, func(n *Node) error {
-		c, err := layout.Prepare()
+	if len(lacking) > 0 {
+		receive, err := layout.Receive(sha, run.artifact, p.Manifest.Release.Links)
 		if err != nil {
 			return err
 		}
-		return run.exec(ctx, n.Target, "stage", c, nil)
-	}); err != nil {
-		return err
-	}
-	if len(lacking) > 0 {
 		var to []hosts.Target
 		for _, n := range lacking {
 			to = append(to, n.Target)
+			run.rec.Logf(n.Name(), "$ %s", receive.Redacted())
 		}
 		started := time.Now()
 		results, err := r.Fleet.FanOut(ctx, hosts.Copy{
 			From: p.Build, FromPath: ws.ArtifactPath(run.artifact), SHA256: run.artifact,
-			To: to, ToPath: layout.Tarball(sha),
+			To: to, Into: receive,
 		})
-		for _, res := range results {
-			switch {
-			case res.Err != nil:
-				run.rec.Logf(res.Target.Name, "artifact not staged: %v", res.Err)
-			case res.Skipped:
-				run.rec.Logf(res.Target.Name, "artifact already staged (sha256 %s)", run.artifact[:12])
-			default:
-				run.rec.Logf(res.Target.Name, "artifact staged from %s: %d bytes in %v", p.Build.Name, res.Bytes, res.Duration.Round(time.Millisecond))
+		var errs []error
+		for i, res := range results {
+			if res.Err != nil {
+				run.rec.Logf(res.Target.Name, "release not staged: %v", res.Err)
+				errs = append(errs, &DeployError{Class: classOf(res.Err), Phase: "stage", Host: lacking[i].Name(), Err: res.Err})
+				continue
 			}
+			run.rec.Logf(res.Target.Name, "release received from %s and unpacked: %d bytes in %v", p.Build.Name, res.Bytes, res.Duration.Round(time.Millisecond))
 		}
 		if err != nil {
-			return err
+			if len(errs) == 0 {
+				return err
+			}
+			return errors.Join(errs...)
 		}
 		run.rec.Logf("", "fan-out to %d nodes took %v", len(to), time.Since(started).Round(time.Millisecond))
 	}
 	return forEach(p.Nodes, func(n *Node) error {
-		return r.completeRelease(ctx, run, n, !hasRelease(n, sha))
+		return r.completeRelease(ctx, run, n, hasRelease(n, sha))
 	})
 }
 
@@ -82,25 +82,13 @@ func hasRelease(n *Node, sha string) bool {
 	return false
 }
 
-// completeRelease unpacks the staged tarball when the node lacks the
-// release, then links shared files and writes the rendered files.
-func (r *Reconciler) completeRelease(ctx context.Context, run *run, n *Node, unpack bool) error {
+// completeRelease links shared files into a release the node already held
+// (one just received has them), then writes the rendered files.
+func (r *Reconciler) completeRelease(ctx context.Context, run *run, n *Node, relink bool) error {
 	p := run.plan
 	sha := p.Commit.SHA
 	layout := hosts.Layout{DeployTo: p.Env.DeployTo}
-	if unpack {
-		c, err := layout.Unpack(sha, layout.Tarball(sha))
-		if err != nil {
-			return err
-		}
-		if err := run.exec(ctx, n.Target, "stage", c, nil); err != nil {
-			return fmt.Errorf("unpack on %s: %w", n.Name(), err)
-		}
-		if err := run.exec(ctx, n.Target, "stage", hosts.Remove(layout.Tarball(sha)), nil); err != nil {
-			return err
-		}
-	}
-	if links := p.Manifest.Release.Links; len(links) > 0 {
+	if links := p.Manifest.Release.Links; relink && len(links) > 0 {
 		c, err := layout.LinkShared(sha, links)
 		if err != nil {
 			return err
