@@ -139,8 +139,8 @@ type variantResult struct {
 	warmupBuild time.Duration
 	// probes are the costs of one ping and one membership query over SSH,
 	// measured by hand, to explain the operator's waits.
-	pingProbe, membersProbe time.Duration
-	loadBefore, loadAfter   string
+	pingProbe, membersProbe, vmPingProbe, vmMembersProbe time.Duration
+	loadBefore, loadAfter                                string
 }
 
 // round is one measurement of baseline, floor and ours.
@@ -248,7 +248,7 @@ func benchVariant(b *testing.B, src string, v variant) *variantResult {
 		r.ours = bn.ours(i)
 		res.rounds = append(res.rounds, r)
 	}
-	res.pingProbe, res.membersProbe = bn.probes()
+	res.pingProbe, res.membersProbe, res.vmPingProbe, res.vmMembersProbe = bn.probes()
 	res.loadAfter = loadAverage()
 
 	last := res.rounds[len(res.rounds)-1]
@@ -431,23 +431,28 @@ func writeBack(b *testing.B) {
 	}
 }
 
-// probes times one ping (bin/chat pid) and one membership query (bin/chat
-// rpc) over SSH on n1, as the operator runs them, to explain its waits.
-func (bn *bench) probes() (ping, members time.Duration) {
+// probes times, over SSH on n1, the manifest's ping and membership query
+// as the operator runs them (bin/ping and bin/members: erl_call), and the
+// release's own `bin/chat pid` and `bin/chat rpc`, which boot a VM each to
+// ask the same, to explain the operator's waits.
+func (bn *bench) probes() (ping, members, vmPing, vmMembers time.Duration) {
 	b := bn.b
 	ctx := b.Context()
 	data := bn.templateData("n1", "")
 	env := "cd " + deployTo + "/current && RELEASE_NODE=" + data.Node + " RELEASE_DISTRIBUTION=name "
-	t := time.Now()
-	if _, _, err := testbed.Run(ctx, bn.nodes["n1"], env+"bin/chat pid", nil); err != nil {
-		b.Fatal(err)
+	timed := func(cmd string) time.Duration {
+		t := time.Now()
+		if _, _, err := testbed.Run(ctx, bn.nodes["n1"], env+cmd, nil); err != nil {
+			b.Fatal(err)
+		}
+		return time.Since(t)
 	}
-	ping = time.Since(t)
-	t = time.Now()
+	ping, members, vmPing = timed("bin/ping"), timed("bin/members"), timed("bin/chat pid")
+	t := time.Now()
 	if _, err := bn.hand.Members(ctx, bn.nodes["n1"], data.Node); err != nil {
 		b.Fatal(err)
 	}
-	return ping, time.Since(t)
+	return ping, members, vmPing, time.Since(t)
 }
 
 func (bn *bench) nodeName(n string) string { return "chat@" + bn.f.bed.Host(n).Addr.String() }
@@ -944,7 +949,7 @@ func variantReport(w io.Writer, res *variantResult) {
 	p("| the operator's own: switch `current`, previous-release record, HAProxy ready | | %.2f |", (rolloutOwn / n).Seconds())
 	p("| **node total** (ours: the rollout phase / %d) | **%.2f** | **%.2f** |", len(res.nodes), ((fStop + fStart + fRejoin) / n).Seconds(), (rollout / n).Seconds())
 	p("")
-	p("For reference, measured by hand over SSH on n1 after the rounds: one ping (`bin/chat pid`) %.2f s, one membership query (`bin/chat rpc`) %.2f s. Each boots an Erlang VM. The operator's stop watches the node's OS process on the node with a shell loop (the pid its last ping printed, when it runs from the release's directory) until it listens on no TCP port, when the node has left epmd (its VM exits later, up to 1.4 s later in the sized variant, once it has unloaded its code), then runs one ping, which must fail; after the start it polls the health URL every 20 ms until it answers, then pings, then asks every live node for its members at once, retrying both at its poll interval (`Reconciler.Interval`, left at its default here).", res.pingProbe.Seconds(), res.membersProbe.Seconds())
+	p("For reference, measured by hand over SSH on n1 after the rounds: one ping as the manifest has it (`bin/ping`, erl_call) %.3f s and one membership query (`bin/members`, erl_call) %.3f s, where the release's own `bin/chat pid` takes %.2f s and `bin/chat rpc` %.2f s, each booting an Erlang VM. The operator's stop watches the node's OS process on the node with a shell loop (the pid its last ping printed, when it runs from the release's directory) until it listens on no TCP port, when the node has left epmd (its VM exits later, up to 1.4 s later in the sized variant, once it has unloaded its code), then runs one ping, which must fail; after the start it polls the health URL every 20 ms until it answers, then pings, then asks every live node for its members at once, retrying both after a pause half as long as the last try took, at least 20 ms (`Reconciler.Interval` left at 0).", res.pingProbe.Seconds(), res.membersProbe.Seconds(), res.vmPingProbe.Seconds(), res.vmMembersProbe.Seconds())
 }
 
 // otherKinds are the kinds of d.Spent beyond spentKinds, sorted.

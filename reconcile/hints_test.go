@@ -7,6 +7,9 @@ import (
 	"testing"
 )
 
+// examplePing is the example manifest's release.ping.
+const examplePing = "bin/ping"
+
 // setPing returns a commit change that makes the manifest's release.ping
 // the given command.
 func setPing(command string) func(work string) error {
@@ -16,7 +19,7 @@ func setPing(command string) func(work string) error {
 		if err != nil {
 			return err
 		}
-		const old = "  ping: bin/chat pid\n"
+		old := "  ping: " + examplePing + "\n"
 		if !strings.Contains(string(b), old) {
 			return os.ErrNotExist
 		}
@@ -32,7 +35,7 @@ func setPing(command string) func(work string) error {
 func TestPingPrintingAnotherProcessIsNoHint(t *testing.T) {
 	f := newFixture(t)
 	f.mustDeploy()
-	commit, err := f.repo.Commit(t.Context(), "a ping that prints another pid", setPing(`"bin/chat pid >/dev/null && pgrep -o sshd"`))
+	commit, err := f.repo.Commit(t.Context(), "a ping that prints another pid", setPing(`"`+examplePing+` >/dev/null && pgrep -o sshd"`))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,5 +71,5 @@ func setPingBack(work string) error {
 		return os.ErrNotExist
 	}
 	j := strings.IndexByte(string(b[i:]), '\n')
-	return os.WriteFile(path, []byte(string(b[:i])+"  ping: bin/chat pid\n"+string(b[i+j+1:])), 0o644)
+	return os.WriteFile(path, []byte(string(b[:i])+"  ping: "+examplePing+"\n"+string(b[i+j+1:])), 0o644)
 }

@@ -424,6 +424,7 @@ func (r *Reconciler) waitUp(ctx context.Context, run *run, n *Node, release stri
 				run.rec.Logf(n.Name(), "health answered %v after start: pinging", time.Since(started).Round(time.Millisecond))
 			}
 		}
+		tried := time.Now()
 		up, err := r.ping(ctx, p, n, run.rec)
 		if err != nil {
 			return served, err
@@ -438,7 +439,7 @@ func (r *Reconciler) waitUp(ctx context.Context, run *run, n *Node, release stri
 			select {
 			case <-ctx.Done():
 				return served, ctx.Err()
-			case <-time.After(r.interval()):
+			case <-time.After(r.pause(time.Since(tried))):
 			}
 		}
 	}
@@ -642,6 +643,7 @@ func (r *Reconciler) waitFor(ctx context.Context, limit time.Duration, cond func
 // says the wait was allowed.
 func (r *Reconciler) waitUntil(ctx context.Context, deadline time.Time, limit time.Duration, cond func() (bool, string, error)) error {
 	for {
+		tried := time.Now()
 		ok, state, err := cond()
 		if err != nil {
 			return err
@@ -655,7 +657,7 @@ func (r *Reconciler) waitUntil(ctx context.Context, deadline time.Time, limit ti
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(r.interval()):
+		case <-time.After(r.pause(time.Since(tried))):
 		}
 	}
 }
