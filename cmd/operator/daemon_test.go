@@ -359,9 +359,17 @@ func TestDaemon(t *testing.T) {
 		if err != nil {
 			t.Fatalf("no success status for %s: %v; got %+v", c[:12], err, d.github.Statuses(c))
 		}
+		// Pendings still queued behind the flood's statuses when a newer
+		// state arrives are replaced by it (the last state wins), so how
+		// many reach GitHub depends on its pace; the success is last.
 		got := d.github.Statuses(c)
-		if len(got) < 2 || got[0].State != "pending" || got[len(got)-1].State != "success" || len(got) > 20 {
+		if got[len(got)-1].State != "success" || len(got) > 20 {
 			t.Errorf("statuses of %s: %+v", c[:12], got)
+		}
+		for _, st := range got[:len(got)-1] {
+			if st.State != "pending" {
+				t.Errorf("statuses of %s: %+v: want pendings before the success", c[:12], got)
+			}
 		}
 		for _, st := range got {
 			if st.Context != "deploy/production" || st.TargetURL != final.TargetURL && st.Description != "queued" {
