@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"path"
 	"strconv"
 	"strings"
@@ -282,27 +281,14 @@ const observeHealthTimeout = time.Second
 // healthy reports whether the health URL of n's current release answers
 // with expect_status.
 func (r *Reconciler) healthy(ctx context.Context, p *Plan, n *Node) bool {
-	data, err := r.templateData(p, n, n.Current)
-	if err != nil {
-		return false
-	}
-	url, err := manifests.Render(p.Manifest.Health.URL, data)
+	url, err := r.healthURL(p, n, n.Current)
 	if err != nil {
 		return false
 	}
 	ctx, cancel := context.WithTimeout(ctx, observeHealthTimeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return false
-	}
-	resp, err := r.httpClient().Do(req)
-	if err != nil {
-		return false
-	}
-	io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
-	resp.Body.Close()
-	return resp.StatusCode == p.Manifest.Health.ExpectStatus
+	resp, _, err := r.get(ctx, url)
+	return err == nil && resp.StatusCode == p.Manifest.Health.ExpectStatus
 }
 
 // confirmRunning settles n.Running with the ping observe left running in

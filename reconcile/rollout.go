@@ -461,11 +461,7 @@ const (
 // status (the app serves: worth a ping) or until passes; it reports
 // whether it answered.
 func (r *Reconciler) healthHint(ctx context.Context, run *run, n *Node, release string, until time.Time) (bool, error) {
-	data, err := r.templateData(run.plan, n, release)
-	if err != nil {
-		return false, err
-	}
-	url, err := manifests.Render(run.plan.Manifest.Health.URL, data)
+	url, err := r.healthURL(run.plan, n, release)
 	if err != nil {
 		return false, err
 	}
@@ -488,17 +484,34 @@ func (r *Reconciler) healthHint(ctx context.Context, run *run, n *Node, release 
 func (r *Reconciler) answers(ctx context.Context, url string, until time.Time) bool {
 	ctx, cancel := context.WithDeadline(ctx, until)
 	defer cancel()
+	_, _, err := r.get(ctx, url)
+	return err == nil
+}
+
+// healthURL renders health.url for node n running release.
+func (r *Reconciler) healthURL(p *Plan, n *Node, release string) (string, error) {
+	data, err := r.templateData(p, n, release)
+	if err != nil {
+		return "", err
+	}
+	return manifests.Render(p.Manifest.Health.URL, data)
+}
+
+// get fetches url and returns the response (its body closed) with the
+// first 512 bytes of the body; an error means no HTTP answer came.
+func (r *Reconciler) get(ctx context.Context, url string) (*http.Response, []byte, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
-		return false
+		return nil, nil, err
 	}
 	resp, err := r.httpClient().Do(req)
 	if err != nil {
-		return false
+		return nil, nil, err
 	}
-	io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+	io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 	resp.Body.Close()
-	return true
+	return resp, body, nil
 }
 
 // membership asks every live node whom it is connected to (the manifest's
@@ -564,24 +577,14 @@ func sortedKeys(m map[string]bool) []string {
 // health fetches the node's health URL and compares the status.
 func (r *Reconciler) health(ctx context.Context, run *run, n *Node, release string) (bool, string, error) {
 	p := run.plan
-	data, err := r.templateData(p, n, release)
+	url, err := r.healthURL(p, n, release)
 	if err != nil {
 		return false, "", err
 	}
-	url, err := manifests.Render(p.Manifest.Health.URL, data)
-	if err != nil {
-		return false, "", err
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return false, "", err
-	}
-	resp, err := r.httpClient().Do(req)
+	resp, body, err := r.get(ctx, url)
 	if err != nil {
 		return false, "GET " + url + ": " + err.Error(), nil
 	}
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-	resp.Body.Close()
 	if resp.StatusCode != p.Manifest.Health.ExpectStatus {
 		return false, fmt.Sprintf("GET %s: %s, want %d: %s", url, resp.Status, p.Manifest.Health.ExpectStatus, strings.TrimSpace(string(body))), nil
 	}

@@ -149,7 +149,12 @@ func (s *srv) sync(w http.ResponseWriter, r *http.Request) (any, int, error) {
 	// The deploy may wait behind one in progress; the answer must not.
 	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
 	defer cancel()
-	res := s.o.Controller.Sync(ctx, who(r))
+	return answer(s.o.Controller.Sync(ctx, who(r)))
+}
+
+// answer is the reply to a sync or rollback request: 202 when a deploy
+// started or waits, 200 when there was nothing to do, 409 when refused.
+func answer(res SyncResult) (any, int, error) {
 	code := http.StatusAccepted
 	switch res.Status {
 	case "noop":
@@ -171,15 +176,7 @@ func (s *srv) rollback(w http.ResponseWriter, r *http.Request) (any, int, error)
 	// wait behind one in progress, and the answer must not.
 	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
 	defer cancel()
-	res := s.o.Controller.Rollback(ctx, body.To, who(r))
-	code := http.StatusAccepted
-	switch res.Status {
-	case "noop":
-		code = http.StatusOK
-	case "refused":
-		code = http.StatusConflict
-	}
-	return res, code, nil
+	return answer(s.o.Controller.Rollback(ctx, body.To, who(r)))
 }
 
 func (s *srv) status(w http.ResponseWriter, r *http.Request) (any, int, error) {
