@@ -244,12 +244,8 @@ func (r *Reconciler) switchAndCheck(ctx context.Context, run *run, n *Node, rele
 		// health URL says when to ask, within a hint slice; membership
 		// decides.
 		if !served && p.Manifest.Health != nil {
-			until := time.Now().Add(healthHintSlice)
-			if deadline.Before(until) {
-				until = deadline
-			}
 			hinted := time.Now()
-			ok, err := r.healthHint(ctx, run, n, release, until)
+			ok, err := r.healthHint(ctx, run, n, release, deadline)
 			if err != nil {
 				return err
 			}
@@ -411,12 +407,8 @@ func (r *Reconciler) waitUp(ctx context.Context, run *run, n *Node, release stri
 	started := time.Now()
 	for {
 		if !answered {
-			until := time.Now().Add(healthHintSlice)
-			if deadline.Before(until) {
-				until = deadline
-			}
 			var err error
-			if answered, err = r.healthHint(ctx, run, n, release, until); err != nil {
+			if answered, err = r.healthHint(ctx, run, n, release, deadline); err != nil {
 				return false, err
 			}
 			if answered {
@@ -458,9 +450,13 @@ const (
 )
 
 // healthHint polls the node's health URL until it answers with any HTTP
-// status (the app serves: worth a ping) or until passes; it reports
-// whether it answered.
-func (r *Reconciler) healthHint(ctx context.Context, run *run, n *Node, release string, until time.Time) (bool, error) {
+// status (the app serves: worth a ping), for at most healthHintSlice and
+// never past deadline; it reports whether it answered.
+func (r *Reconciler) healthHint(ctx context.Context, run *run, n *Node, release string, deadline time.Time) (bool, error) {
+	until := time.Now().Add(healthHintSlice)
+	if deadline.Before(until) {
+		until = deadline
+	}
 	url, err := r.healthURL(run.plan, n, release)
 	if err != nil {
 		return false, err

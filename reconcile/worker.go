@@ -253,21 +253,9 @@ func (w *Worker) serve(ctx context.Context, stop <-chan struct{}) {
 		target = triggers[i].Target
 		var restT []Trigger
 		var restK []*Ticket
-		var rbT []Trigger
-		var rbK []*Ticket
-		for j, t := range triggers {
-			if t.rollback() {
-				rbT, rbK = append(rbT, t), append(rbK, tickets[j])
-			} else {
-				restT, restK = append(restT, t), append(restK, tickets[j])
-			}
-		}
-		triggers, tickets = rbT, rbK
-		w.mu.Lock()
-		w.pending = append(restT, w.pending...)
-		w.tickets = append(restK, w.tickets...)
-		w.mu.Unlock()
+		triggers, tickets, restT, restK = split(triggers, tickets, Trigger.rollback)
 		if len(restT) > 0 {
+			w.requeue(restT, restK)
 			defer w.Nudge()
 		}
 	}
@@ -293,22 +281,14 @@ func (w *Worker) serve(ctx context.Context, stop <-chan struct{}) {
 			// A person is told no at once; automatic triggers wait for the
 			// unlock.
 			note := fmt.Sprintf("locked by %s: %s (operator unlock first)", lock.Who, lock.Reason)
-			var heldT []Trigger
-			var heldK []*Ticket
-			for i, t := range triggers {
-				if t.manual() {
-					tickets[i].resolve(TicketResult{Note: note})
-				} else {
-					heldT, heldK = append(heldT, t), append(heldK, tickets[i])
-				}
+			_, refused, heldT, heldK := split(triggers, tickets, Trigger.manual)
+			for _, tk := range refused {
+				tk.resolve(TicketResult{Note: note})
 			}
 			if len(heldT) > 0 {
 				log.Info("deploy held: environment locked", "reason", lock.Reason)
 			}
-			w.mu.Lock()
-			w.pending = append(heldT, w.pending...)
-			w.tickets = append(heldK, w.tickets...)
-			w.mu.Unlock()
+			w.requeue(heldT, heldK)
 			return
 		}
 	}
@@ -387,6 +367,28 @@ func (w *Worker) serve(ctx context.Context, stop <-chan struct{}) {
 	if w.OnDeploy != nil {
 		w.OnDeploy(out.Deploy)
 	}
+}
+
+// split parts triggers and their tickets into those keep holds for and
+// the others, each in their order.
+func split(ts []Trigger, ks []*Ticket, keep func(Trigger) bool) (inT []Trigger, inK []*Ticket, outT []Trigger, outK []*Ticket) {
+	for i, t := range ts {
+		if keep(t) {
+			inT, inK = append(inT, t), append(inK, ks[i])
+		} else {
+			outT, outK = append(outT, t), append(outK, ks[i])
+		}
+	}
+	return inT, inK, outT, outK
+}
+
+// requeue puts triggers and their tickets back at the front of the queue,
+// for the next round.
+func (w *Worker) requeue(ts []Trigger, ks []*Ticket) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.pending = append(ts, w.pending...)
+	w.tickets = append(ks, w.tickets...)
 }
 
 // lastRollback is the index of the last rollback among triggers, or -1.

@@ -120,18 +120,11 @@ func (c *apiClient) follow(ctx context.Context, id int64, stdout io.Writer) (int
 			}
 			return 1, err
 		}
-		for _, l := range page.Lines {
-			if l.Stream == "progress" {
-				fmt.Fprintln(stdout, l.Text)
-			}
-		}
+		printProgress(stdout, page.Lines)
 		after = page.Next
 		if d := page.Deploy; d != nil && d.Result != history.Running && len(page.Lines) == 0 {
 			fmt.Fprintf(stdout, "deploy %d: %s: %s\n", d.ID, d.Result, d.Description)
-			if d.Result == history.Success {
-				return 0, nil
-			}
-			return 1, nil
+			return exitCode(d), nil
 		}
 		if len(page.Lines) == 0 {
 			select {
@@ -163,16 +156,9 @@ func (c *apiClient) followLocal(ctx context.Context, id, after int64, stdout io.
 		}
 		if d.Result != history.Running {
 			lines, _ := h.LogLines(id, after, 100000)
-			for _, l := range lines {
-				if l.Stream == "progress" {
-					fmt.Fprintln(stdout, l.Text)
-				}
-			}
+			printProgress(stdout, lines)
 			fmt.Fprintf(stdout, "deploy %d: %s: %s (read from %s: the daemon has stopped)\n", d.ID, d.Result, d.Description, c.stateDir)
-			if d.Result == history.Success {
-				return 0, nil
-			}
-			return 1, nil
+			return exitCode(d), nil
 		}
 		if time.Now().After(deadline) {
 			return 1, fmt.Errorf("%w; deploy %d is still recorded as running: operator logs %d", gone, id, id)
@@ -183,6 +169,24 @@ func (c *apiClient) followLocal(ctx context.Context, id, after int64, stdout io.
 		case <-time.After(300 * time.Millisecond):
 		}
 	}
+}
+
+// printProgress prints the progress lines among a deploy's log lines.
+func printProgress(stdout io.Writer, lines []history.LogLine) {
+	for _, l := range lines {
+		if l.Stream == "progress" {
+			fmt.Fprintln(stdout, l.Text)
+		}
+	}
+}
+
+// exitCode is the exit code for an ended deploy: 0 for success, 1
+// otherwise.
+func exitCode(d *history.Deploy) int {
+	if d.Result == history.Success {
+		return 0
+	}
+	return 1
 }
 
 // waitBehind waits until the deploy a queued request waits behind has

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"time"
 
 	"github.com/clusterops/operator/gitsrc"
 	"github.com/clusterops/operator/history"
@@ -36,16 +35,9 @@ func runRollback(ctx context.Context, args []string, stdout, stderr io.Writer) i
 	if c := newAPIClient(cfg); c.token != "" && c.up(ctx) {
 		return rollbackThroughDaemon(ctx, c, *to, stdout, stderr)
 	}
-	op, err := wire(cfg, log)
-	if err != nil {
-		fmt.Fprintf(stderr, "operator rollback: %v\n", err)
-		return 1
-	}
-	defer op.Close()
-	release, err := op.lockEnv()
-	if err != nil {
-		fmt.Fprintf(stderr, "operator rollback: %v\n", err)
-		return 1
+	op, release, code := openHere(cfg, log, "rollback", stderr)
+	if op == nil {
+		return code
 	}
 	defer release()
 	target, err := op.rec.RollbackTarget(ctx, *to)
@@ -54,17 +46,16 @@ func runRollback(ctx context.Context, args []string, stdout, stderr io.Writer) i
 		return 1
 	}
 	who := currentUser()
-	if note, err := lockForRollback(op.history, cfg.Environment, cfg.Branch, target, who); err != nil {
+	note, err := lockForRollback(op.history, cfg.Environment, cfg.Branch, target, who)
+	if err != nil {
 		fmt.Fprintf(stderr, "operator rollback: %v\n", err)
 		return 1
-	} else {
-		fmt.Fprintln(stdout, note)
 	}
+	fmt.Fprintln(stdout, note)
 	op.rec.Progress = func(line string) { fmt.Fprintln(stdout, line) }
 	out, err := op.rec.SyncTo(ctx, "rollback by "+who, target.SHA)
 	if out != nil && out.Deploy != nil {
-		d := out.Deploy
-		fmt.Fprintf(stdout, "deploy %d: %s in %v (log: operator logs %d)\n", d.ID, d.Result, d.Ended.Sub(d.Started).Round(100*time.Millisecond), d.ID)
+		printDeploy(stdout, out.Deploy)
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "operator rollback: %v\n", err)

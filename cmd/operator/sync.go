@@ -32,16 +32,9 @@ func runSync(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if !*once {
 		return syncThroughDaemon(ctx, newAPIClient(cfg), *wait, stdout, stderr)
 	}
-	op, err := wire(cfg, log)
-	if err != nil {
-		fmt.Fprintf(stderr, "operator sync: %v\n", err)
-		return 1
-	}
-	defer op.Close()
-	release, err := op.lockEnv()
-	if err != nil {
-		fmt.Fprintf(stderr, "operator sync: %v\n", err)
-		return 1
+	op, release, code := openHere(cfg, log, "sync", stderr)
+	if op == nil {
+		return code
 	}
 	defer release()
 	// A lock holds a person's sync too, as it does through the daemon: an
@@ -57,7 +50,7 @@ func runSync(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	out, err := op.rec.Sync(ctx, "manual by "+currentUser())
 	if out != nil && out.Deploy != nil {
 		d := out.Deploy
-		fmt.Fprintf(stdout, "deploy %d: %s in %v (log: operator logs %d)\n", d.ID, d.Result, d.Ended.Sub(d.Started).Round(100*time.Millisecond), d.ID)
+		printDeploy(stdout, d)
 		if len(d.Spent) > 0 {
 			fmt.Fprintf(stdout, "time went to: %s\n", spent(d))
 		}

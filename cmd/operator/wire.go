@@ -79,6 +79,31 @@ func (f *opFlags) open(name string, stderr io.Writer) (*operator, int) {
 	return op, 0
 }
 
+// openHere wires the operator for a deploy in this process, without a
+// daemon, and takes the environment's deploy lock; release frees it and
+// closes the operator. A nil op comes with the exit code, the reason
+// already printed.
+func openHere(cfg *config.Config, log *slog.Logger, name string, stderr io.Writer) (op *operator, release func(), code int) {
+	op, err := wire(cfg, log)
+	if err != nil {
+		fmt.Fprintf(stderr, "operator %s: %v\n", name, err)
+		return nil, nil, 1
+	}
+	unlock, err := op.lockEnv()
+	if err != nil {
+		op.Close()
+		fmt.Fprintf(stderr, "operator %s: %v\n", name, err)
+		return nil, nil, 1
+	}
+	return op, func() { unlock(); op.Close() }, 0
+}
+
+// printDeploy says how a deploy run in this process ended, and where its
+// log is.
+func printDeploy(stdout io.Writer, d *history.Deploy) {
+	fmt.Fprintf(stdout, "deploy %d: %s in %v (log: operator logs %d)\n", d.ID, d.Result, d.Ended.Sub(d.Started).Round(100*time.Millisecond), d.ID)
+}
+
 func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
 	var lv slog.Level
 	if err := lv.UnmarshalText([]byte(level)); err != nil {
