@@ -369,7 +369,7 @@ exit $status`
 
 // Prune removes everything under releases/ but the releases named in keep
 // (computed by the caller from ListReleases: keep_releases, the current and
-// the previous one) and their tarballs; leftovers of interrupted unpacks go
+// the previous one) and their tarballs and indexes; leftovers of interrupted unpacks go
 // too. Whatever current points at is kept even when keep forgets it. It
 // prints each name it removed. It must not run while a release is being
 // staged on the host (one deploy per environment at a time ensures that).
@@ -382,7 +382,7 @@ func (l Layout) Prune(keep []string) (Cmd, error) {
 		if err := validRelease(k); err != nil {
 			return Cmd{}, fmt.Errorf("keep %w", err)
 		}
-		args = append(args, k, k+".tar.gz")
+		args = append(args, k, k+".tar.gz", k+".index")
 	}
 	return named("prune", pruneScript, args...), nil
 }

@@ -19,6 +19,7 @@ func TestScriptsHoldNoSingleQuote(t *testing.T) {
 	for name, s := range map[string]string{
 		"unpack": unpackScript, "link": linkScript, "write": writeScript, "sum": sumScript,
 		"switch": switchScript, "readCurrent": readCurrentScript, "list": listScript, "prune": pruneScript,
+		"receive": receiveScript, "receiveDelta": receiveDeltaScript,
 	} {
 		if strings.Contains(s, "'") {
 			t.Errorf("%s script holds a single quote", name)
@@ -58,9 +59,9 @@ func TestLayoutBuilders(t *testing.T) {
 		{"read current", build(plain.ReadCurrent()), sh(readCurrentScript, "'/srv/chat/current'")},
 		{"list releases", build(plain.ListReleases()), sh(listScript, "'/srv/chat/releases'")},
 		{"prune", build(plain.Prune([]string{"a", "b"})),
-			sh(pruneScript, "'/srv/chat/releases' '/srv/chat/current' 'a' 'a.tar.gz' 'b' 'b.tar.gz'")},
+			sh(pruneScript, "'/srv/chat/releases' '/srv/chat/current' 'a' 'a.tar.gz' 'a.index' 'b' 'b.tar.gz' 'b.index'")},
 		{"prune hostile keep", build(plain.Prune([]string{"it's $(x)"})),
-			sh(pruneScript, "'/srv/chat/releases' '/srv/chat/current' 'it'\\''s $(x)' 'it'\\''s $(x).tar.gz'")},
+			sh(pruneScript, "'/srv/chat/releases' '/srv/chat/current' 'it'\\''s $(x)' 'it'\\''s $(x).tar.gz' 'it'\\''s $(x).index'")},
 		{"write any file", build(WriteFile("-x/y", 0o640, sum), nil), sh(writeScript, "'./-x/y' '0640' '"+sum+"'")},
 		{"write any file without a slash", build(WriteFile("f", 0o640, sum), nil), sh(writeScript, "'./f' '0640' '"+sum+"'")},
 		{"sum", build(Sum("/srv/a b.tar.gz"), nil), sh(sumScript, "'/srv/a b.tar.gz'")},

@@ -1,7 +1,11 @@
 package hosts
 
 import (
+	"bufio"
 	"fmt"
+	"io"
+	"strconv"
+	"strings"
 )
 
 const receiveScript = `set -e
@@ -74,4 +78,195 @@ func (l Layout) Receive(name, sum string, links []string) (Cmd, error) {
 		args = append(args, c)
 	}
 	return named("receive", receiveScript, args...), nil
+}
+
+const receiveDeltaScript = `set -e
+export LC_ALL=C
+rel=$1 shared=$2 n=$3
+shift 3
+mkdir -p -- "${rel%/*}" "$shared"
+base=
+while [ "$n" -gt 0 ]; do
+  if [ -z "$base" ] && [ -f "$1.index" ] && [ -d "$1" ]; then base=$1; fi
+  shift
+  n=$((n - 1))
+done
+if [ -d "$rel" ]; then
+  printf "have\n"
+  exit 0
+fi
+if [ -z "$base" ]; then
+  printf "none\n"
+  exit 0
+fi
+printf "base %s %s\n" "${base##*/}" "$(wc -c <"$base.index")"
+cat -- "$base.index"
+tmp=$(mktemp -d "${rel%/*}/.${rel##*/}.unpack.XXXXXX")
+cleanup() { rm -rf -- "$tmp"; }
+trap cleanup EXIT
+trap "exit 143" TERM HUP INT
+cp -al -- "$base" "$tmp/release"
+mkdir -- "$tmp/in"
+read -r answer isum
+if [ "$answer" != delta ]; then
+  exit 0
+fi
+tar -xzf - -C "$tmp/in"
+got=$(sha256sum <"$tmp/in/operator/index")
+if [ "${got%% *}" != "$isum" ]; then
+  printf "%s\n" "received index has sha256 ${got%% *}, want $isum" >&2
+  exit 1
+fi
+sort -z -o "$tmp/keep" -- "$tmp/in/operator/keep"
+(
+  cd -- "$tmp/release"
+  find . ! -type d ! -type f -print0 | xargs -0 -r rm -f --
+  find . -type f -print0 | sort -z >"$tmp/have"
+  missing=$(comm -z -13 -- "$tmp/have" "$tmp/keep" | tr "\0" " ")
+  if [ -n "$missing" ]; then
+    printf "%s\n" "base ${base##*/} lacks files its index lists: $missing" >&2
+    exit 1
+  fi
+  comm -z -23 -- "$tmp/have" "$tmp/keep" | xargs -0 -r rm -f --
+  find . -mindepth 1 -depth -type d -empty -delete
+)
+mkdir -p -- "$tmp/in/release"
+cp -al -- "$tmp/in/release/." "$tmp/release/"
+if [ -s "$tmp/in/operator/check" ]; then
+  (cd -- "$tmp/release" && sha256sum --quiet --strict -c -- "$tmp/in/operator/check") >&2
+fi
+for p in "$@"; do
+  if [ ! -e "$shared/$p" ]; then
+    printf "%s\n" "missing $shared/$p" >&2
+    exit 1
+  fi
+  d=$tmp/release/$p
+  mkdir -p -- "${d%/*}"
+  rm -rf -- "$d"
+  ln -s -- "$shared/$p" "$d"
+done
+chmod 755 "$tmp/release"
+mv -f -- "$tmp/in/operator/index" "$rel.index"
+mv -T -- "$tmp/release" "$rel"`
+
+// ReceiveDelta returns the command that makes release name as a delta
+// against a release the node already holds, in one session with the
+// operator:
+//
+//  1. It prints "have" when the release exists, "none" when none of bases
+//     (release names, in order of preference) is held with its Index, and
+//     ends; else "base <name> <bytes>" and that base's index (ReadOffer).
+//  2. It hard-links the base into a temporary directory while the operator
+//     reads the artifact and makes the Delta, then reads a line: "delta
+//     <sha256 of the new index>" and the payload follow (SendDelta), or
+//     anything else, and it ends leaving nothing (the operator sends the
+//     release whole instead, with Receive).
+//  3. It keeps the files the payload lists to keep and no others (runtime
+//     files, rendered files and links of the base go), adds the files sent,
+//     checks those against the index's SHA-256s, makes the shared links,
+//     keeps the index (IndexPath) and renames the release into place, as
+//     Receive does.
+//
+// Linking saves creating every file of a release, which costs far more
+// than sending the few that changed, as rsync --link-dest does for backups.
+// The linked files are trusted as they were checked when the base was
+// staged: nothing writes into a release in place (rendered files are
+// replaced by a rename, shared links made anew, and the app's own writes
+// go to shared/ or elsewhere). To have a node receive a release whole
+// again, remove the index of its releases (IndexPath).
+func (l Layout) ReceiveDelta(name string, bases, links []string) (Cmd, error) {
+	if _, err := l.root(); err != nil {
+		return Cmd{}, err
+	}
+	if err := validRelease(name); err != nil {
+		return Cmd{}, err
+	}
+	args := []string{l.ReleaseDir(name), l.Shared(), strconv.Itoa(len(bases))}
+	for _, b := range bases {
+		if err := validRelease(b); err != nil {
+			return Cmd{}, fmt.Errorf("base %w", err)
+		}
+		if b == name {
+			return Cmd{}, fmt.Errorf("receive %s: a release cannot be its own base", name)
+		}
+		args = append(args, l.ReleaseDir(b))
+	}
+	for _, p := range links {
+		c, err := relPath(p)
+		if err != nil {
+			return Cmd{}, fmt.Errorf("link %w", err)
+		}
+		args = append(args, c)
+	}
+	return named("receive-delta", receiveDeltaScript, args...), nil
+}
+
+// Offer is what a ReceiveDelta command offers to build on.
+type Offer struct {
+	// Have is true when the node holds the release already.
+	Have bool
+	// Base names the release a delta is to be made against, with its
+	// index as text; "" when the node holds none (it needs the release
+	// whole).
+	Base  string
+	Index []byte
+}
+
+// maxIndex bounds an index read from a node: a release of a million paths.
+const maxIndex = 128 << 20
+
+// ReadOffer reads a ReceiveDelta command's offer from its stdout.
+func ReadOffer(r *bufio.Reader) (Offer, error) {
+	line, err := r.ReadString('\n')
+	if err != nil {
+		return Offer{}, fmt.Errorf("read offer: %w", err)
+	}
+	switch f := strings.Fields(line); {
+	case len(f) == 1 && f[0] == "have":
+		return Offer{Have: true}, nil
+	case len(f) == 1 && f[0] == "none":
+		return Offer{}, nil
+	case len(f) == 3 && f[0] == "base" && validRelease(f[1]) == nil:
+		n, err := strconv.ParseInt(f[2], 10, 64)
+		if err != nil || n < 0 || n > maxIndex {
+			return Offer{}, fmt.Errorf("read offer: index size %q", f[2])
+		}
+		ix := make([]byte, n)
+		if _, err := io.ReadFull(r, ix); err != nil {
+			return Offer{}, fmt.Errorf("read offer: index of %s: %w", f[1], err)
+		}
+		return Offer{Base: f[1], Index: ix}, nil
+	default:
+		return Offer{}, fmt.Errorf("read offer: %.60q", line)
+	}
+}
+
+// SendDelta writes the answer to an offer that brings d: the line, then
+// the payload. A nil d declines it (the release is sent whole instead).
+func SendDelta(w io.Writer, d *Delta) error {
+	if d == nil {
+		_, err := io.WriteString(w, "whole\n")
+		return err
+	}
+	if _, err := io.WriteString(w, "delta "+d.IndexSum+"\n"); err != nil {
+		return err
+	}
+	_, err := w.Write(d.Payload)
+	return err
+}
+
+// IndexPath returns where the Index of release name is kept on a node:
+// beside it, so that pruning the release removes it too.
+func (l Layout) IndexPath(name string) string { return l.ReleaseDir(name) + ".index" }
+
+// WriteIndex returns the command that keeps the Index of release name, read
+// on stdin with hex SHA-256 sum (after a whole release was received).
+func (l Layout) WriteIndex(name, sum string) (Cmd, error) {
+	if _, err := l.root(); err != nil {
+		return Cmd{}, err
+	}
+	if err := validRelease(name); err != nil {
+		return Cmd{}, err
+	}
+	return WriteFile(l.IndexPath(name), 0o644, sum), nil
 }

@@ -39,6 +39,18 @@ func (w Workspace) ArtifactPath(sum string) string {
 	return w.state() + "/artifacts/" + sum + ".tar.gz"
 }
 
+// ReadArtifact returns the command that prints the artifact with hex
+// SHA-256 sum, for the operator to read it once (Deltas).
+func (w Workspace) ReadArtifact(sum string) (Cmd, error) {
+	if err := w.check(); err != nil {
+		return Cmd{}, err
+	}
+	if !validSum(sum) {
+		return Cmd{}, fmt.Errorf("read artifact: sha256 %q is not 64 lowercase hex digits", sum)
+	}
+	return Cmd{Args: []string{"cat", "--", localPath(w.ArtifactPath(sum))}}, nil
+}
+
 var (
 	commitRE = regexp.MustCompile(`^[0-9a-f]{40}([0-9a-f]{24})?$`)
 	sumRE    = regexp.MustCompile(`^[0-9a-f]{64}$`)

@@ -195,6 +195,13 @@ func TestFirstDeployThenOneLineChangeThenNothing(t *testing.T) {
 			t.Errorf("the second deploy's log lacks %q", want)
 		}
 	}
+	// The release went to each node as a delta against the first.
+	if got := strings.Count(log, "release made from "+first[:12]+": "); got != 3 {
+		t.Errorf("the second deploy's log says %d times that a node made the release from the first's, want 3:\n%s", got, log)
+	}
+	if got := strings.Count(f.log(1), "received from build and unpacked"); got != 3 {
+		t.Errorf("the first deploy's log says %d times that a node received the release whole, want 3", got)
+	}
 	for _, kind := range []string{"build step", "stop", "start", "ping wait", "membership wait", "health wait", "drain wait"} {
 		if out.Deploy.Spent[kind] <= 0 {
 			t.Errorf("the deploy record says nothing of the time spent on %q: %v", kind, out.Deploy.Spent)

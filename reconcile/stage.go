@@ -1,12 +1,15 @@
 package reconcile
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
+	"slices"
 	"sync"
 	"time"
 
@@ -14,19 +17,19 @@ import (
 	"github.com/clusterops/operator/manifests"
 )
 
-// stage puts the release on every node at once: the artifact streams from
-// the build host straight into an unpack on each node that lacks the
-// release (hosts.Layout.Receive: hashed as it arrives, unpacked and given
-// its shared links under a temporary name, renamed into releases/<commit>
-// only when the sha256 matches), then every node gets its rendered per-node
-// files. A node that already holds the release gets its links again, so a
-// release left without them by an interrupted run of an older operator is
-// completed; files are written on every run.
+// stage puts the release on every node at once, then gives every node its
+// rendered per-node files. A node that lacks the release gets it one of two
+// ways (receive): as a delta against the release it runs, when that
+// release's index is kept on it (only the files that changed travel, the
+// others are hard links; hosts.Layout.ReceiveDelta), or whole, the
+// artifact streamed from the build host into an unpack (hosts.Layout.
+// Receive). Either way the release is checked by SHA-256 and renamed into
+// releases/<commit> only when whole. A node that already holds the release
+// gets its links again, so a release left without them by an interrupted
+// run of an older operator is completed; files are written on every run.
 func (r *Reconciler) stage(ctx context.Context, run *run) error {
 	p := run.plan
 	sha := p.Commit.SHA
-	layout := hosts.Layout{DeployTo: p.Env.DeployTo}
-	ws := hosts.Workspace{Dir: p.Manifest.Build.Dir}
 	r.report(run, Pending, "staging")
 	run.progress("stage: on %d nodes", len(p.Nodes))
 
@@ -37,40 +40,271 @@ func (r *Reconciler) stage(ctx context.Context, run *run) error {
 		}
 	}
 	if len(lacking) > 0 {
-		receive, err := layout.Receive(sha, run.artifact, p.Manifest.Release.Links)
-		if err != nil {
+		if err := r.receive(ctx, run, lacking); err != nil {
 			return err
 		}
-		var to []hosts.Target
-		for _, n := range lacking {
-			to = append(to, n.Target)
-			run.rec.Logf(n.Name(), "$ %s", receive.Redacted())
-		}
-		started := time.Now()
-		results, err := r.Fleet.FanOut(ctx, hosts.Copy{
-			From: p.Build, FromPath: ws.ArtifactPath(run.artifact), SHA256: run.artifact,
-			To: to, Into: receive,
-		})
-		var errs []error
-		for i, res := range results {
-			if res.Err != nil {
-				run.rec.Logf(res.Target.Name, "release not staged: %v", res.Err)
-				errs = append(errs, &DeployError{Class: classOf(res.Err), Phase: "stage", Host: lacking[i].Name(), Err: res.Err})
-				continue
-			}
-			run.rec.Logf(res.Target.Name, "release received from %s and unpacked: %d bytes in %v", p.Build.Name, res.Bytes, res.Duration.Round(time.Millisecond))
-		}
-		if err != nil {
-			if len(errs) == 0 {
-				return err
-			}
-			return errors.Join(errs...)
-		}
-		run.rec.Logf("", "fan-out to %d nodes took %v", len(to), time.Since(started).Round(time.Millisecond))
 	}
 	return forEach(p.Nodes, func(n *Node) error {
 		return r.completeRelease(ctx, run, n, hasRelease(n, sha))
 	})
+}
+
+// receive sends the release to the nodes that lack it. Each node is asked
+// for a base, a release it holds with its index (hosts.Layout.
+// ReceiveDelta), and starts linking it while the operator reads the
+// artifact once (hosts.Deltas: its index, and a delta against each base);
+// nodes with no base receive the artifact whole meanwhile. Then each node
+// with a base gets its delta, or the whole artifact when none could be
+// made. Every node that received it whole is given its index after, for
+// the next deploy.
+func (r *Reconciler) receive(ctx context.Context, run *run, nodes []*Node) error {
+	p := run.plan
+	started := time.Now()
+	layout := hosts.Layout{DeployTo: p.Env.DeployTo}
+	sessions := make([]*deltaSession, len(nodes))
+	forEach(nodes, func(n *Node) error {
+		i := slices.Index(nodes, n)
+		sessions[i] = r.openDelta(ctx, run, layout, n)
+		return nil
+	})
+	errs := make([]error, len(nodes))
+	bases := map[string]hosts.Index{}
+	var whole, withBase []int
+	for i, s := range sessions {
+		switch {
+		case s.err != nil:
+			errs[i] = s.err
+		case s.offer.Have:
+		case s.offer.Base == "":
+			whole = append(whole, i)
+		default:
+			if ix, err := hosts.ParseIndex(s.offer.Index); err != nil {
+				run.rec.Logf(s.n.Name(), "index of %s not used: %v", short(s.offer.Base), err)
+				s.decline()
+				whole = append(whole, i)
+			} else {
+				bases[s.key()] = ix
+				withBase = append(withBase, i)
+			}
+		}
+	}
+
+	var wg sync.WaitGroup
+	sendWhole := func(idx []int) {
+		ns := make([]*Node, len(idx))
+		for k, i := range idx {
+			ns[k] = nodes[i]
+		}
+		wg.Go(func() {
+			for n, err := range r.receiveWhole(ctx, run, ns) {
+				errs[idx[slices.Index(ns, n)]] = err
+			}
+		})
+	}
+	if len(whole) > 0 {
+		sendWhole(whole)
+	}
+	index, deltas, err := r.readArtifact(ctx, run, bases)
+	if err != nil {
+		run.rec.Logf(p.Build.Name, "no delta: %v", err)
+	}
+	var late []int
+	for _, i := range withBase {
+		s := sessions[i]
+		d := deltas[s.key()]
+		if d == nil {
+			s.decline()
+			late = append(late, i)
+			continue
+		}
+		wg.Go(func() { errs[i] = s.send(run, d) })
+	}
+	if len(late) > 0 {
+		run.rec.Logf("", "no delta for %d nodes: they receive the whole artifact", len(late))
+		sendWhole(late)
+	}
+	wg.Wait()
+	if index != nil {
+		forEach(nodes, func(n *Node) error {
+			i := slices.Index(nodes, n)
+			if errs[i] == nil && (slices.Contains(whole, i) || slices.Contains(late, i)) {
+				r.keepIndex(ctx, run, n, index)
+			}
+			return nil
+		})
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	run.rec.Logf("", "release on %d nodes in %v", len(nodes), time.Since(started).Round(time.Millisecond))
+	return nil
+}
+
+// deltaSession is a ReceiveDelta command running on a node: its offer
+// read, waiting for the operator's answer.
+type deltaSession struct {
+	n       *Node
+	in      *io.PipeWriter
+	offer   hosts.Offer
+	started time.Time
+	done    chan error
+	// err is why the session failed before its answer; it has ended then.
+	err error
+}
+
+// openDelta starts a ReceiveDelta command on n, offering the release it
+// runs, then its others newest first, and reads its offer.
+func (r *Reconciler) openDelta(ctx context.Context, run *run, layout hosts.Layout, n *Node) *deltaSession {
+	p := run.plan
+	var names []string
+	if n.Current != "" && n.Current != p.Commit.SHA {
+		names = append(names, n.Current)
+	}
+	for _, rel := range n.Releases { // newest first
+		if rel.Name != n.Current && rel.Name != p.Commit.SHA {
+			names = append(names, rel.Name)
+		}
+	}
+	s := &deltaSession{n: n, started: time.Now(), done: make(chan error, 1)}
+	c, err := layout.ReceiveDelta(p.Commit.SHA, names, p.Manifest.Release.Links)
+	if err != nil {
+		s.err = err
+		return s
+	}
+	inR, inW := io.Pipe()
+	outR, outW := io.Pipe()
+	s.in = inW
+	run.rec.Logf(n.Name(), "$ %s", c.Redacted())
+	go func() {
+		err := r.Fleet.Run(ctx, n.Target, c, hosts.Exec{Step: "stage", Stdin: inR, Stdout: outW, Sink: run.rec})
+		outW.CloseWithError(errOr(err, io.EOF))
+		inR.CloseWithError(errOr(err, io.ErrClosedPipe))
+		s.done <- err
+	}()
+	out := bufio.NewReader(outR)
+	s.offer, s.err = hosts.ReadOffer(out)
+	go io.Copy(io.Discard, out)
+	if s.err != nil || s.offer.Base == "" {
+		// Nothing to answer: the command ends by itself.
+		inW.Close()
+		if err := <-s.done; err != nil {
+			s.err = err
+		}
+		if s.err != nil {
+			run.rec.Logf(n.Name(), "release not staged: %v", s.err)
+			s.err = &DeployError{Class: classOf(s.err), Phase: "stage", Host: n.Name(), Err: s.err}
+		}
+	}
+	return s
+}
+
+// key tells apart bases by name and index, should two nodes' indexes of
+// one release differ.
+func (s *deltaSession) key() string {
+	sum := sha256.Sum256(s.offer.Index)
+	return s.offer.Base + "@" + hex.EncodeToString(sum[:8])
+}
+
+// decline answers the offer with no delta: the command ends leaving
+// nothing, and the node is to receive the release whole.
+func (s *deltaSession) decline() {
+	hosts.SendDelta(s.in, nil)
+	s.in.Close()
+	<-s.done
+}
+
+// send answers the offer with d and waits for the release to be made.
+func (s *deltaSession) send(run *run, d *hosts.Delta) error {
+	werr := hosts.SendDelta(s.in, d)
+	s.in.Close()
+	err := errOr(<-s.done, werr)
+	if err != nil {
+		run.rec.Logf(s.n.Name(), "release not staged: %v", err)
+		return &DeployError{Class: classOf(err), Phase: "stage", Host: s.n.Name(), Err: fmt.Errorf("release from %s and a delta: %w", short(s.offer.Base), err)}
+	}
+	run.rec.Logf(s.n.Name(), "release made from %s: %d files sent (%d bytes, %d compressed), %d linked, in %v",
+		short(s.offer.Base), d.Sent, d.SentBytes, len(d.Payload), d.Linked, time.Since(s.started).Round(time.Millisecond))
+	return nil
+}
+
+// readArtifact reads the artifact from the build host through the
+// operator once: its index, and a delta against each base.
+func (r *Reconciler) readArtifact(ctx context.Context, run *run, bases map[string]hosts.Index) (hosts.Index, map[string]*hosts.Delta, error) {
+	p := run.plan
+	ws := hosts.Workspace{Dir: p.Manifest.Build.Dir}
+	c, err := ws.ReadArtifact(run.artifact)
+	if err != nil {
+		return nil, nil, err
+	}
+	started := time.Now()
+	pr, pw := io.Pipe()
+	read := make(chan error, 1)
+	go func() {
+		err := r.Fleet.Run(ctx, p.Build, c, hosts.Exec{Step: "stage", Stdout: pw})
+		pw.CloseWithError(errOr(err, io.EOF))
+		read <- err
+	}()
+	ix, deltas, err := hosts.Deltas(pr, run.artifact, bases, p.Manifest.Release.Links, hosts.DefaultDeltaLimits)
+	pr.CloseWithError(errOr(err, io.ErrClosedPipe))
+	if rerr := <-read; err == nil && rerr != nil {
+		err = rerr
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("read artifact %s from %s: %w", run.artifact[:12], p.Build.Name, err)
+	}
+	run.rec.Logf(p.Build.Name, "artifact read and indexed (%d paths, %d deltas) in %v", len(ix), len(deltas), time.Since(started).Round(time.Millisecond))
+	return ix, deltas, nil
+}
+
+// receiveWhole streams the artifact from the build host into an unpack on
+// every node of ns at once, and returns each node's error.
+func (r *Reconciler) receiveWhole(ctx context.Context, run *run, ns []*Node) map[*Node]error {
+	p := run.plan
+	layout := hosts.Layout{DeployTo: p.Env.DeployTo}
+	ws := hosts.Workspace{Dir: p.Manifest.Build.Dir}
+	errs := map[*Node]error{}
+	receive, err := layout.Receive(p.Commit.SHA, run.artifact, p.Manifest.Release.Links)
+	if err != nil {
+		for _, n := range ns {
+			errs[n] = err
+		}
+		return errs
+	}
+	var to []hosts.Target
+	for _, n := range ns {
+		to = append(to, n.Target)
+		run.rec.Logf(n.Name(), "$ %s", receive.Redacted())
+	}
+	results, _ := r.Fleet.FanOut(ctx, hosts.Copy{
+		From: p.Build, FromPath: ws.ArtifactPath(run.artifact), SHA256: run.artifact,
+		To: to, Into: receive,
+	})
+	for i, res := range results {
+		if res.Err != nil {
+			run.rec.Logf(res.Target.Name, "release not staged: %v", res.Err)
+			errs[ns[i]] = &DeployError{Class: classOf(res.Err), Phase: "stage", Host: ns[i].Name(), Err: res.Err}
+			continue
+		}
+		errs[ns[i]] = nil
+		run.rec.Logf(res.Target.Name, "release received from %s and unpacked: %d bytes in %v", p.Build.Name, res.Bytes, res.Duration.Round(time.Millisecond))
+	}
+	return errs
+}
+
+// keepIndex writes the release's index on n, which received it whole. A
+// failure costs only the next deploy's delta: it is logged, not returned.
+func (r *Reconciler) keepIndex(ctx context.Context, run *run, n *Node, ix hosts.Index) {
+	p := run.plan
+	layout := hosts.Layout{DeployTo: p.Env.DeployTo}
+	data := ix.Marshal()
+	sum := sha256.Sum256(data)
+	c, err := layout.WriteIndex(p.Commit.SHA, hex.EncodeToString(sum[:]))
+	if err == nil {
+		err = run.exec(ctx, n.Target, "stage", c, bytes.NewReader(data))
+	}
+	if err != nil {
+		run.rec.Logf(n.Name(), "index of the release not kept (the next deploy sends it whole): %v", err)
+	}
 }
 
 func hasRelease(n *Node, sha string) bool {

@@ -1,0 +1,513 @@
+package hosts
+
+import (
+	"archive/tar"
+	"bufio"
+	"bytes"
+	"compress/gzip"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"io"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+func TestIndexRoundTrip(t *testing.T) {
+	sum := strings.Repeat("ab", 32)
+	ix := Index{
+		"bin":          {Dir: true, Mode: 0o755},
+		"bin/chat":     {Mode: 0o755, Sum: sum},
+		"lib/a b.beam": {Mode: 0o644, Sum: sum},
+	}
+	got, err := ParseIndex(ix.Marshal())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(ix, got); diff != "" {
+		t.Errorf("round trip (-want +got):\n%s", diff)
+	}
+	for name, text := range map[string]string{
+		"no header":       "f 0644 " + sum + " a\n",
+		"unknown kind":    indexHeader + "\nl 0777 a\n",
+		"bad mode":        indexHeader + "\nd 9 a\n",
+		"short sum":       indexHeader + "\nf 0644 abc a\n",
+		"leaving path":    indexHeader + "\nf 0644 " + sum + " ../a\n",
+		"absolute path":   indexHeader + "\nd 0755 /etc\n",
+		"unclean path":    indexHeader + "\nd 0755 ./a\n",
+		"backslash path":  indexHeader + "\nd 0755 a\\b\n",
+		"missing path":    indexHeader + "\nd 0755\n",
+		"sum and no path": indexHeader + "\nf 0644 " + sum + "\n",
+	} {
+		if _, err := ParseIndex([]byte(text)); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}
+
+// release writes files (path → content; a name ending in "*" is
+// executable) under a new directory and returns it with its gzipped
+// tarball, made by tar as a build's would be, and the tarball's sha256.
+func release(t *testing.T, files map[string]string) (dir string, tarball []byte, sum string) {
+	t.Helper()
+	dir = t.TempDir()
+	for name, content := range files {
+		mode := fs.FileMode(0o644)
+		if strings.HasSuffix(name, "*") {
+			name, mode = strings.TrimSuffix(name, "*"), 0o755
+		}
+		p := filepath.Join(dir, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(content), mode); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tarball, err := exec.Command("tar", "-czf", "-", "-C", dir, ".").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := sha256.Sum256(tarball)
+	return dir, tarball, hex.EncodeToString(h[:])
+}
+
+var links = []string{"releases/COOKIE"}
+
+var v1Files = map[string]string{
+	"bin/chat*":                      "#!/bin/sh\necho v1\n",
+	"lib/chat/ebin/Elixir.Chat.beam": "chat v1",
+	"lib/chat/ebin/Elixir.Gone.beam": "gone in v2",
+	"lib/kernel/ebin/kernel.beam":    "kernel",
+	"releases/COOKIE":                "from the tarball",
+	"releases/0.1.0/start.boot":      "boot",
+}
+
+var v2Files = map[string]string{
+	"bin/chat*":                      "#!/bin/sh\necho v1\n",
+	"lib/chat/ebin/Elixir.Chat.beam": "chat v2",
+	"lib/chat/ebin/Elixir.New.beam":  "new in v2",
+	"lib/kernel/ebin/kernel.beam":    "kernel",
+	"releases/COOKIE":                "from the tarball",
+	"releases/0.1.0/start.boot*":     "boot", // same bytes, now executable
+}
+
+func TestDeltas(t *testing.T) {
+	_, tar1, sum1 := release(t, v1Files)
+	_, tar2, sum2 := release(t, v2Files)
+	base, none, err := Deltas(bytes.NewReader(tar1), sum1, nil, links, DefaultDeltaLimits)
+	if err != nil || len(none) != 0 {
+		t.Fatalf("index of v1: %v, %d deltas", err, len(none))
+	}
+	if e := base["lib/chat/ebin/Elixir.Chat.beam"]; e.Sum != sha256hex("chat v1") || e.Mode != 0o644 || e.Dir {
+		t.Errorf("v1's chat beam indexed as %+v", e)
+	}
+	if e := base["bin/chat"]; e.Mode != 0o755 {
+		t.Errorf("v1's bin/chat indexed with mode %o", e.Mode)
+	}
+
+	ix, deltas, err := Deltas(bytes.NewReader(tar2), sum2, map[string]Index{"v1": base}, links, DefaultDeltaLimits)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := deltas["v1"]
+	if d == nil {
+		t.Fatal("no delta against v1")
+	}
+	// Sent: the changed beam, the new one, the boot file whose mode changed.
+	if d.Sent != 3 || d.Linked != 2 {
+		t.Errorf("sent %d, linked %d files; want 3 and 2 (COOKIE is a shared link)", d.Sent, d.Linked)
+	}
+	if h := sha256.Sum256(ix.Marshal()); d.IndexSum != hex.EncodeToString(h[:]) {
+		t.Errorf("index sum %s does not match the index", d.IndexSum)
+	}
+
+	t.Run("another sum", func(t *testing.T) {
+		if _, _, err := Deltas(bytes.NewReader(tar2), sum1, map[string]Index{"v1": base}, links, DefaultDeltaLimits); err == nil {
+			t.Error("accepted an artifact whose bytes hash to another sum")
+		}
+	})
+	t.Run("limits", func(t *testing.T) {
+		_, deltas, err := Deltas(bytes.NewReader(tar2), sum2, map[string]Index{"v1": base, "empty": {}}, links, DeltaLimits{File: 1 << 20, Payload: 20})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if deltas["empty"] != nil {
+			t.Error("a delta from nothing passed a 20-byte payload limit")
+		}
+		if deltas["v1"] == nil {
+			t.Error("no delta against v1, whose changes fit in 20 bytes")
+		}
+	})
+	t.Run("symlink", func(t *testing.T) {
+		dir, _, _ := release(t, v2Files)
+		if err := os.Symlink("chat", filepath.Join(dir, "bin", "link")); err != nil {
+			t.Fatal(err)
+		}
+		tarball, err := exec.Command("tar", "-czf", "-", "-C", dir, ".").Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := sha256.Sum256(tarball)
+		if _, _, err := Deltas(bytes.NewReader(tarball), hex.EncodeToString(h[:]), nil, links, DefaultDeltaLimits); !errors.Is(err, ErrNoDelta) {
+			t.Errorf("got %v, want ErrNoDelta", err)
+		}
+	})
+}
+
+// TestReceiveDeltaRuns runs the delta script here with sh, the way a node
+// does: the release it makes is the artifact's, byte for byte, sharing
+// the unchanged files with its base; anything wrong leaves no release.
+func TestReceiveDeltaRuns(t *testing.T) {
+	_, tar1, sum1 := release(t, v1Files)
+	dir2, tar2, sum2 := release(t, v2Files)
+	base, _, err := Deltas(bytes.NewReader(tar1), sum1, nil, links, DefaultDeltaLimits)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// setup stages v1 whole, as a first deploy does, with its index.
+	setup := func(t *testing.T) Layout {
+		l := Layout{DeployTo: filepath.Join(t.TempDir(), "it's $(x)")}
+		if err := os.MkdirAll(filepath.Join(l.Shared(), "releases"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(l.Shared(), "releases", "COOKIE"), []byte("shared"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		for _, step := range []struct {
+			build func() (Cmd, error)
+			in    []byte
+		}{
+			{func() (Cmd, error) { return l.Receive("v1", sum1, links) }, tar1},
+			{func() (Cmd, error) { return l.WriteIndex("v1", sha256hex(string(base.Marshal()))) }, base.Marshal()},
+		} {
+			c, err := step.build()
+			if err != nil {
+				t.Fatal(err)
+			}
+			runHere(t, c, step.in)
+		}
+		// v1 ran: its node wrote a rendered file and a log into it.
+		if err := os.WriteFile(filepath.Join(l.ReleaseDir("v1"), "releases", "vm.args"), []byte("-name v1"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return l
+	}
+	receive := func(t *testing.T, l Layout, d *Delta) error {
+		c, err := l.ReceiveDelta("v2", []string{"v1"}, links)
+		if err != nil {
+			t.Fatal(err)
+		}
+		offer, err := session(t, c, func(Offer) *Delta { return d })
+		if err == nil && offer.Base != "v1" {
+			t.Errorf("offered %+v, want base v1", offer)
+		}
+		return err
+	}
+	delta := func(t *testing.T) *Delta {
+		_, deltas, err := Deltas(bytes.NewReader(tar2), sum2, map[string]Index{"v1": base}, links, DefaultDeltaLimits)
+		if err != nil || deltas["v1"] == nil {
+			t.Fatalf("delta: %v", err)
+		}
+		return deltas["v1"]
+	}
+
+	t.Run("made", func(t *testing.T) {
+		l := setup(t)
+		d := delta(t)
+		if err := receive(t, l, d); err != nil {
+			t.Fatal(err)
+		}
+		rel := l.ReleaseDir("v2")
+		for name := range v2Files {
+			name = strings.TrimSuffix(name, "*")
+			want, _ := os.Stat(filepath.Join(dir2, name))
+			got, err := os.Lstat(filepath.Join(rel, name))
+			if name == "releases/COOKIE" {
+				if err != nil || got.Mode()&fs.ModeSymlink == 0 {
+					t.Errorf("%s is not the shared link: %v", name, err)
+				}
+				continue
+			}
+			if err != nil {
+				t.Errorf("%s: %v", name, err)
+				continue
+			}
+			if got.Mode() != want.Mode() {
+				t.Errorf("%s has mode %v, want %v", name, got.Mode(), want.Mode())
+			}
+			b, _ := os.ReadFile(filepath.Join(rel, name))
+			w, _ := os.ReadFile(filepath.Join(dir2, name))
+			if !bytes.Equal(b, w) {
+				t.Errorf("%s holds %q, want %q", name, b, w)
+			}
+		}
+		for _, gone := range []string{"lib/chat/ebin/Elixir.Gone.beam", "releases/vm.args"} {
+			if _, err := os.Lstat(filepath.Join(rel, gone)); !errors.Is(err, fs.ErrNotExist) {
+				t.Errorf("%s came along from the base: %v", gone, err)
+			}
+		}
+		if a, b := inode(t, filepath.Join(rel, "lib/kernel/ebin/kernel.beam")), inode(t, filepath.Join(l.ReleaseDir("v1"), "lib/kernel/ebin/kernel.beam")); a != b {
+			t.Error("an unchanged file was copied, not linked")
+		}
+		if a, b := inode(t, filepath.Join(rel, "releases/0.1.0/start.boot")), inode(t, filepath.Join(l.ReleaseDir("v1"), "releases/0.1.0/start.boot")); a == b {
+			t.Error("a file whose mode changed shares its base's inode")
+		}
+		kept, err := os.ReadFile(l.IndexPath("v2"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := sha256hex(string(kept)); got != d.IndexSum {
+			t.Errorf("kept index has sha256 %s, want %s", got, d.IndexSum)
+		}
+		if got := entriesOf(t, l.Releases()); !cmp.Equal(got, []string{"v1", "v1.index", "v2", "v2.index"}) {
+			t.Errorf("releases/ holds %q", got)
+		}
+	})
+	t.Run("sent file not as indexed", func(t *testing.T) {
+		l := setup(t)
+		d := delta(t)
+		d.Payload = rewrite(t, d.Payload, "release/lib/chat/ebin/Elixir.Chat.beam", "tampered")
+		if err := receive(t, l, d); err == nil {
+			t.Fatal("accepted a sent file whose bytes are not the index's")
+		}
+		if got := entriesOf(t, l.Releases()); !cmp.Equal(got, []string{"v1", "v1.index"}) {
+			t.Errorf("releases/ holds %q", got)
+		}
+	})
+	t.Run("wrong index sum", func(t *testing.T) {
+		l := setup(t)
+		d := delta(t)
+		d.IndexSum = strings.Repeat("0", 64)
+		if err := receive(t, l, d); err == nil {
+			t.Fatal("accepted an index of another sum")
+		}
+		if got := entriesOf(t, l.Releases()); !cmp.Equal(got, []string{"v1", "v1.index"}) {
+			t.Errorf("releases/ holds %q", got)
+		}
+	})
+	t.Run("cut short", func(t *testing.T) {
+		l := setup(t)
+		d := delta(t)
+		d.Payload = d.Payload[:len(d.Payload)/2]
+		if err := receive(t, l, d); err == nil {
+			t.Fatal("accepted half a payload")
+		}
+		if got := entriesOf(t, l.Releases()); !cmp.Equal(got, []string{"v1", "v1.index"}) {
+			t.Errorf("releases/ holds %q", got)
+		}
+	})
+	t.Run("member twice", func(t *testing.T) {
+		// Mix writes bin/ and then its overlays: the last copy wins, in the
+		// payload as when tar extracts the artifact.
+		l := setup(t)
+		var buf bytes.Buffer
+		zw := gzip.NewWriter(&buf)
+		tw := tar.NewWriter(zw)
+		for _, m := range []struct{ name, content string }{
+			{"./bin/chat", "an older copy"},
+			{"./lib/kernel/ebin/kernel.beam", "kernel"},
+			{"./bin/chat", "#!/bin/sh\necho v1\n"},
+			{"./lib/kernel/ebin/kernel.beam", "kernel, overlaid"},
+		} {
+			if err := tw.WriteHeader(&tar.Header{Name: m.name, Mode: 0o755, Size: int64(len(m.content)), Typeflag: tar.TypeReg}); err != nil {
+				t.Fatal(err)
+			}
+			tw.Write([]byte(m.content))
+		}
+		tw.Close()
+		zw.Close()
+		h := sha256.Sum256(buf.Bytes())
+		_, deltas, err := Deltas(bytes.NewReader(buf.Bytes()), hex.EncodeToString(h[:]), map[string]Index{"v1": base}, links, DefaultDeltaLimits)
+		if err != nil || deltas["v1"] == nil {
+			t.Fatalf("delta: %v", err)
+		}
+		if err := receive(t, l, deltas["v1"]); err != nil {
+			t.Fatal(err)
+		}
+		for name, want := range map[string]string{"bin/chat": "#!/bin/sh\necho v1\n", "lib/kernel/ebin/kernel.beam": "kernel, overlaid"} {
+			if got, err := os.ReadFile(filepath.Join(l.ReleaseDir("v2"), name)); err != nil || string(got) != want {
+				t.Errorf("%s holds %q (%v), want %q", name, got, err, want)
+			}
+		}
+	})
+	t.Run("base gone", func(t *testing.T) {
+		l := setup(t)
+		if err := os.RemoveAll(l.ReleaseDir("v1")); err != nil {
+			t.Fatal(err)
+		}
+		c, err := l.ReceiveDelta("v2", []string{"v1"}, links)
+		if err != nil {
+			t.Fatal(err)
+		}
+		offer, err := session(t, c, func(Offer) *Delta { return delta(t) })
+		if err != nil || offer.Base != "" || offer.Have {
+			t.Errorf("offered %+v (%v) without its base, want nothing", offer, err)
+		}
+		if got := entriesOf(t, l.Releases()); !cmp.Equal(got, []string{"v1.index"}) {
+			t.Errorf("releases/ holds %q", got)
+		}
+	})
+}
+
+func runHere(t *testing.T, c Cmd, in []byte) {
+	t.Helper()
+	cmd := exec.Command(c.Args[0], c.Args[1:]...)
+	cmd.Stdin = bytes.NewReader(in)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("%s: %v: %s", c.Label, err, out)
+	}
+}
+
+func inode(t *testing.T, p string) uint64 {
+	t.Helper()
+	fi, err := os.Stat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.Sys().(*syscall.Stat_t).Ino
+}
+
+func entriesOf(t *testing.T, dir string) []string {
+	t.Helper()
+	es, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range es {
+		names = append(names, e.Name())
+	}
+	return names
+}
+
+// TestReceiveDeltaOffers runs the delta script here up to its offer: the
+// first release named that has an index, whether or not it is the first
+// named; nothing is left behind when the operator declines.
+func TestReceiveDeltaOffers(t *testing.T) {
+	l := Layout{DeployTo: filepath.Join(t.TempDir(), "it's $(x)")}
+	for _, d := range []string{"a", "b", "c", "have"} {
+		if err := os.MkdirAll(filepath.Join(l.ReleaseDir(d), "bin"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, name := range []string{"b", "c", "gone"} {
+		if err := os.WriteFile(l.IndexPath(name), []byte(indexHeader+"\nd 0755 bin\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tt := range []struct {
+		release string
+		bases   []string
+		want    Offer
+	}{
+		{"new", []string{"a", "b", "c"}, Offer{Base: "b"}},
+		{"new", []string{"c", "b"}, Offer{Base: "c"}},
+		{"new", []string{"gone", "a"}, Offer{}},
+		{"new", nil, Offer{}},
+		{"have", []string{"b"}, Offer{Have: true}},
+	} {
+		c, err := l.ReceiveDelta(tt.release, tt.bases, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := session(t, c, func(Offer) *Delta { return nil })
+		if err != nil {
+			t.Fatalf("%v: %v", tt.bases, err)
+		}
+		if got.Base != tt.want.Base || got.Have != tt.want.Have {
+			t.Errorf("%s from %v: offered %+v, want %+v", tt.release, tt.bases, got, tt.want)
+		}
+		if got.Base != "" {
+			if ix, err := ParseIndex(got.Index); err != nil || !ix["bin"].Dir {
+				t.Errorf("%v: index %v (%v)", tt.bases, ix, err)
+			}
+		}
+		if es := entriesOf(t, l.Releases()); len(es) != 7 {
+			t.Errorf("releases/ holds %q after a declined offer", es)
+		}
+	}
+	if _, err := l.ReceiveDelta("a", []string{"a"}, nil); err == nil {
+		t.Error("a release was offered as its own base")
+	}
+	if _, err := ReadOffer(bufio.NewReader(strings.NewReader("base ../x 3\nabc"))); err == nil {
+		t.Error("ReadOffer took a base name with a slash")
+	}
+	if _, err := ReadOffer(bufio.NewReader(strings.NewReader("base x 10\nabc"))); err == nil {
+		t.Error("ReadOffer took an index cut short")
+	}
+}
+
+// session runs a ReceiveDelta command here with sh, the way a node does,
+// answering its offer (when it makes one) with what answer returns.
+func session(t *testing.T, c Cmd, answer func(Offer) *Delta) (Offer, error) {
+	t.Helper()
+	cmd := exec.Command(c.Args[0], c.Args[1:]...)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	offer, err := ReadOffer(bufio.NewReader(stdout))
+	if err == nil && offer.Base != "" {
+		err = SendDelta(stdin, answer(offer))
+	}
+	stdin.Close()
+	io.Copy(io.Discard, stdout)
+	if werr := cmd.Wait(); err == nil {
+		err = werr
+	}
+	t.Logf("receive-delta: %v: %s", err, stderr.Bytes())
+	return offer, err
+}
+
+// rewrite returns the gzipped tarball payload with member name's content
+// replaced.
+func rewrite(t *testing.T, payload []byte, name, content string) []byte {
+	t.Helper()
+	zr, err := gzip.NewReader(bytes.NewReader(payload))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := tar.NewReader(zr)
+	var buf bytes.Buffer
+	zw := gzip.NewWriter(&buf)
+	tw := tar.NewWriter(zw)
+	found := false
+	for {
+		h, err := tr.Next()
+		if err != nil {
+			break
+		}
+		data, _ := io.ReadAll(tr)
+		if h.Name == name {
+			data, found = []byte(content), true
+			h.Size = int64(len(data))
+		}
+		if err := tw.WriteHeader(h); err != nil {
+			t.Fatal(err)
+		}
+		tw.Write(data)
+	}
+	tw.Close()
+	zw.Close()
+	if !found {
+		t.Fatalf("payload has no %s", name)
+	}
+	return buf.Bytes()
+}
