@@ -252,6 +252,11 @@ if [ ! -d "$2" ]; then
   printf "%s\n" "$2 is not staged" >&2
   exit 1
 fi
+if [ -n "$3" ]; then
+  mkdir -p -- "${4%/*}"
+  printf "%s\n" "$3" >"$4.tmp.$$"
+  mv -f -- "$4.tmp.$$" "$4"
+fi
 touch -c -- "$2"
 tmp=$1/.current.$$
 ln -sfn -- "$2" "$tmp"
@@ -270,6 +275,25 @@ func (l Layout) Switch(name string) (Cmd, error) {
 		return Cmd{}, err
 	}
 	return named("switch", switchScript, root, l.ReleaseDir(name)), nil
+}
+
+// SwitchFrom is Switch that first records previous, the release current
+// pointed at, in the file at record (written whole under a temporary name,
+// then renamed), in the same session.
+func (l Layout) SwitchFrom(name, previous, record string) (Cmd, error) {
+	root, err := l.root()
+	if err != nil {
+		return Cmd{}, err
+	}
+	for _, n := range []string{name, previous} {
+		if err := validRelease(n); err != nil {
+			return Cmd{}, err
+		}
+	}
+	if !path.IsAbs(record) || strings.ContainsAny(record, "\n\x00") {
+		return Cmd{}, fmt.Errorf("switch record %q: want an absolute path", record)
+	}
+	return named("switch", switchScript, root, l.ReleaseDir(name), previous, path.Clean(record)), nil
 }
 
 const readCurrentScript = `if [ -L "$1" ]; then

@@ -1,6 +1,9 @@
 package hosts
 
 import (
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -141,5 +144,39 @@ func TestParseReleases(t *testing.T) {
 	}
 	if _, err := ParseReleases([]byte("garbage\n")); err == nil {
 		t.Error("a malformed line parsed")
+	}
+}
+
+// TestSwitchFromRuns runs the switch here with sh: the previous release is
+// recorded and current moved in one command.
+func TestSwitchFromRuns(t *testing.T) {
+	l := Layout{DeployTo: filepath.Join(t.TempDir(), "it's $(x)")}
+	for _, rel := range []string{"a", "b"} {
+		if err := os.MkdirAll(l.ReleaseDir(rel), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	record := filepath.Join(l.DeployTo, ".operator", "previous")
+	c, err := l.SwitchFrom("b", "a", record)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(c.Args[0], c.Args[1:]...).CombinedOutput(); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if got, err := os.ReadFile(record); err != nil || string(got) != "a\n" {
+		t.Errorf("previous record %q (%v), want a", got, err)
+	}
+	if got, err := os.Readlink(l.Current()); err != nil || got != l.ReleaseDir("b") {
+		t.Errorf("current -> %q (%v), want %s", got, err, l.ReleaseDir("b"))
+	}
+	for _, bad := range []func() (Cmd, error){
+		func() (Cmd, error) { return l.SwitchFrom("b", "../a", record) },
+		func() (Cmd, error) { return l.SwitchFrom("b", "a", "previous") },
+		func() (Cmd, error) { return l.SwitchFrom("b", "", record) },
+	} {
+		if _, err := bad(); err == nil {
+			t.Error("accepted a bad previous or record")
+		}
 	}
 }

@@ -106,6 +106,11 @@ cleanup() { rm -rf -- "$tmp"; }
 trap cleanup EXIT
 trap "exit 143" TERM HUP INT
 cp -al -- "$base" "$tmp/release"
+(
+  cd -- "$tmp/release"
+  find . ! -type d ! -type f -delete
+  find . -type f -print0 | sort -z >"$tmp/have"
+)
 mkdir -- "$tmp/in"
 read -r answer isum
 if [ "$answer" != delta ]; then
@@ -117,17 +122,15 @@ if [ "${got%% *}" != "$isum" ]; then
   printf "%s\n" "received index has sha256 ${got%% *}, want $isum" >&2
   exit 1
 fi
-sort -z -o "$tmp/keep" -- "$tmp/in/operator/keep"
+keep=$tmp/in/operator/keep
+missing=$(comm -z -13 -- "$tmp/have" "$keep" | tr "\0" " ")
+if [ -n "$missing" ]; then
+  printf "%s\n" "base ${base##*/} lacks files its index lists: $missing" >&2
+  exit 1
+fi
 (
   cd -- "$tmp/release"
-  find . ! -type d ! -type f -print0 | xargs -0 -r rm -f --
-  find . -type f -print0 | sort -z >"$tmp/have"
-  missing=$(comm -z -13 -- "$tmp/have" "$tmp/keep" | tr "\0" " ")
-  if [ -n "$missing" ]; then
-    printf "%s\n" "base ${base##*/} lacks files its index lists: $missing" >&2
-    exit 1
-  fi
-  comm -z -23 -- "$tmp/have" "$tmp/keep" | xargs -0 -r rm -f --
+  comm -z -23 -- "$tmp/have" "$keep" | xargs -0 -r rm -f --
   find . -mindepth 1 -depth -type d -empty -delete
 )
 mkdir -p -- "$tmp/in/release"
@@ -156,12 +159,14 @@ mv -T -- "$tmp/release" "$rel"`
 //  1. It prints "have" when the release exists, "none" when none of bases
 //     (release names, in order of preference) is held with its Index, and
 //     ends; else "base <name> <bytes>" and that base's index (ReadOffer).
-//  2. It hard-links the base into a temporary directory while the operator
-//     reads the artifact and makes the Delta, then reads a line: "delta
+//  2. It hard-links the base into a temporary directory (without its
+//     symbolic links) and lists its files while the operator reads the
+//     artifact and makes the Delta, then reads a line: "delta
 //     <sha256 of the new index>" and the payload follow (SendDelta), or
 //     anything else, and it ends leaving nothing (the operator sends the
 //     release whole instead, with Receive).
-//  3. It keeps the files the payload lists to keep and no others (runtime
+//  3. It keeps the files the payload lists to keep (sorted as bytes, as
+//     comm wants) and no others (runtime
 //     files, rendered files and links of the base go), adds the files sent,
 //     checks those against the index's SHA-256s, makes the shared links,
 //     keeps the index (IndexPath) and renames the release into place, as

@@ -71,7 +71,9 @@ const prepareWorkspaceScript = `set -e
 mkdir -p -- "$1" "$2/steps" "$2/artifacts" "$2/commits"
 if [ ! -f "$2/repo.git/HEAD" ]; then
   git init -q --bare -- "$2/repo.git"
-fi`
+fi
+shift 2
+if [ "$#" -gt 0 ]; then exec "$@"; fi`
 
 // Prepare makes the work tree and the operator's state beside it, with an
 // empty bare repository the first time.
@@ -80,6 +82,19 @@ func (w Workspace) Prepare() (Cmd, error) {
 		return Cmd{}, err
 	}
 	return script(prepareWorkspaceScript, localPath(w.dir()), localPath(w.state())), nil
+}
+
+// PrepareThen is Prepare followed by argv in the same session (the push's
+// git-receive-pack), so a build does not wait for a session of its own to
+// prepare the workspace before pushing to it.
+func (w Workspace) PrepareThen(argv ...string) (Cmd, error) {
+	if err := w.check(); err != nil {
+		return Cmd{}, err
+	}
+	if len(argv) == 0 {
+		return Cmd{}, errors.New("prepare then: no command")
+	}
+	return named("prepare-then", prepareWorkspaceScript, append([]string{localPath(w.dir()), localPath(w.state())}, argv...)...), nil
 }
 
 // Checkout makes the work tree the commit's tree. Files the commit does not

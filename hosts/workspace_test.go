@@ -18,6 +18,10 @@ func TestWorkspaceBuildersAsStrings(t *testing.T) {
 			`exec 'git' '--git-dir=./build/my app.operator/repo.git' '--work-tree=./build/my app' 'checkout' '-q' '-f' '--detach' '` + strings.Repeat("a", 40) + `'`},
 		{"forget step", func() (Cmd, error) { return w.RecordStep("s0-abc", "") },
 			`exec 'rm' '-f' '--' './build/my app.operator/steps/s0-abc'`},
+		{"prepare, then push", func() (Cmd, error) { return w.PrepareThen("git-receive-pack", "it's") },
+			sh(prepareWorkspaceScript, `'./build/my app' './build/my app.operator' 'git-receive-pack' 'it'\''s'`)},
+		{"read artifact", func() (Cmd, error) { return w.ReadArtifact(strings.Repeat("ab", 32)) },
+			`exec 'cat' '--' './build/my app.operator/artifacts/` + strings.Repeat("ab", 32) + `.tar.gz'`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -29,6 +29,12 @@ type run struct {
 	// phaseNote, when set by a phase, is recorded as its outcome instead of
 	// "ok" (for example "skipped: artifact exists").
 	phaseNote string
+
+	// ahead delivers the delta sessions stageAhead opened; opened holds
+	// every delta session, for closeSessions.
+	ahead  chan []*deltaSession
+	mu     sync.Mutex
+	opened []*deltaSession
 }
 
 // exec runs c on t, logging the command and its output to the deploy's log.
@@ -76,14 +82,8 @@ func (r *Reconciler) build(ctx context.Context, run *run) error {
 	r.report(run, Pending, "building")
 	run.progress("build: on %s", p.Build.Name)
 	ws := hosts.Workspace{Dir: p.Manifest.Build.Dir}
-	c, err := ws.Prepare()
-	if err != nil {
-		return err
-	}
-	if err := run.exec(ctx, p.Build, "build", c, nil); err != nil {
-		return err
-	}
-	// The step records do not depend on the checkout: read them meanwhile.
+	// The step records do not depend on the push or the checkout: read them
+	// meanwhile (a workspace not prepared yet has none).
 	type stepsRead struct {
 		out []byte
 		err error
@@ -105,20 +105,46 @@ func (r *Reconciler) build(ctx context.Context, run *run) error {
 		}
 	}()
 	started := time.Now()
-	if err := r.Source.Push(ctx, &starter{fleet: r.Fleet, target: p.Build, rec: run.rec}, ws.Repo(), sha); err != nil {
+	// The push prepares the workspace first, in its own session.
+	push := &starter{fleet: r.Fleet, target: p.Build, rec: run.rec, wrap: ws.PrepareThen}
+	if err := r.Source.Push(ctx, push, ws.Repo(), sha); err != nil {
 		return fmt.Errorf("push %s to %s: %w", short(sha), p.Build.Name, err)
 	}
 	run.rec.Logf(p.Build.Name, "pushed %s to %s in %v", short(sha), ws.Repo(), time.Since(started).Round(time.Millisecond))
-	if c, err = ws.Checkout(sha); err != nil {
+	c, err := ws.Checkout(sha)
+	if err != nil {
 		return err
 	}
-	if err := run.exec(ctx, p.Build, "build", c, nil); err != nil {
+	// The steps' inputs are read from the operator's mirror while the
+	// build host checks the commit out.
+	prints := make([]string, len(p.Manifest.Build.Steps))
+	printed := make(chan error, 1)
+	go func() {
+		for i, step := range p.Manifest.Build.Steps {
+			if len(step.WhenChanged) > 0 {
+				var err error
+				if prints[i], err = r.Source.Fingerprint(sha, step.WhenChanged); err != nil {
+					printed <- err
+					return
+				}
+			}
+		}
+		printed <- nil
+	}()
+	err = run.exec(ctx, p.Build, "build", c, nil)
+	if perr := <-printed; err == nil {
+		err = perr
+	}
+	if err != nil {
 		return err
 	}
 	read, readDone = <-steps, true
 	if read.err != nil {
 		return read.err
 	}
+	// The build steps take seconds: the nodes get ready for the stage
+	// meanwhile.
+	r.stageAhead(ctx, run)
 	recorded := hosts.ParseSteps(read.out)
 	env := maps.Clone(p.Manifest.Build.Env)
 	if env == nil {
@@ -127,11 +153,8 @@ func (r *Reconciler) build(ctx context.Context, run *run) error {
 	env["OPERATOR_COMMIT"] = sha
 	for i, step := range p.Manifest.Build.Steps {
 		key := stepKey(i, step.Run)
-		var print string
+		print := prints[i]
 		if len(step.WhenChanged) > 0 {
-			if print, err = r.Source.Fingerprint(sha, step.WhenChanged); err != nil {
-				return err
-			}
 			if recorded[key] == print {
 				run.rec.Logf(p.Build.Name, "step %d skipped: %s unchanged since it last succeeded: %s", i+1, strings.Join(step.WhenChanged, ", "), step.Run)
 				run.progress("build: step %d skipped (%s unchanged)", i+1, strings.Join(step.WhenChanged, ", "))
@@ -200,11 +223,13 @@ func stepKey(i int, run string) string {
 	return fmt.Sprintf("step%d-%s", i, hex.EncodeToString(h[:8]))
 }
 
-// starter runs git-receive-pack for gitsrc through the pooled connection.
+// starter runs git-receive-pack for gitsrc through the pooled connection,
+// through wrap when set.
 type starter struct {
 	fleet  Fleet
 	target hosts.Target
 	rec    *history.Recorder
+	wrap   func(argv ...string) (hosts.Cmd, error)
 }
 
 type process struct {
@@ -219,6 +244,12 @@ func (s *starter) Start(ctx context.Context, argv ...string) (gitsrc.Process, er
 	outR, outW := io.Pipe()
 	p := &process{stdin: inW, stdout: outR, done: make(chan struct{})}
 	c := hosts.Cmd{Args: argv}
+	if s.wrap != nil {
+		var err error
+		if c, err = s.wrap(argv...); err != nil {
+			return nil, err
+		}
+	}
 	s.rec.Logf(s.target.Name, "$ %s", c.Redacted())
 	go func() {
 		p.err = s.fleet.Run(ctx, s.target, c, hosts.Exec{Step: "push", Stdin: inR, Stdout: outW, Sink: s.rec})

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -249,5 +250,36 @@ func TestFirstDeployThenOneLineChangeThenNothing(t *testing.T) {
 	}
 	if _, err := f.r.RollbackTarget(t.Context(), "fffffff"); err == nil || !strings.Contains(err.Error(), "no commit fffffff") {
 		t.Errorf("rollback to an unknown commit: %v", err)
+	}
+
+	// keep_releases 2: a third commit leaves it and the first (the newest
+	// two, the first touched by the rollback's switch, and the previous);
+	// the second and its index go.
+	third, err := f.repo.Commit(t.Context(), "keep two releases", func(work string) error {
+		path := filepath.Join(work, "deploy.yaml")
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(path, []byte(strings.Replace(string(b), "keep_releases: 5", "keep_releases: 2", 1)), 0o644)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err = f.sync(); err != nil {
+		t.Fatalf("third deploy: %v\n%s", err, f.log(out.Deploy.ID))
+	}
+	f.wantCluster(third)
+	for _, n := range []string{"n1", "n2", "n3"} {
+		ls, err := f.bed.Host(n).Sh(t.Context(), "ls "+deployTo+"/releases")
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := strings.Fields(string(ls))
+		want := []string{first, first + ".index", third, third + ".index"}
+		slices.Sort(want)
+		if !slices.Equal(got, want) {
+			t.Errorf("%s holds releases %q, want %q", n, got, want)
+		}
 	}
 }

@@ -206,6 +206,7 @@ func (r *Reconciler) deploy(ctx context.Context, trigger string, plan *Plan, pla
 	}
 	run := &run{r: r, plan: plan, rec: rec, started: time.Now()}
 	defer func() {
+		run.closeSessions()
 		r.finish(run, err)
 		d := rec.Snapshot()
 		out.Deploy = &d

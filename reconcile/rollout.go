@@ -197,19 +197,18 @@ func (r *Reconciler) switchAndCheck(ctx context.Context, run *run, n *Node, rele
 		}
 		return &DeployError{Class: classOf(err), Phase: "rollout", Host: n.Name(), Check: name, Err: err}
 	}
-	if prev != "" && prev != release {
-		record := []byte(prev + "\n")
-		sum := sha256.Sum256(record)
-		if err := run.exec(ctx, n.Target, "rollout", hosts.WriteFile(previousFile(p.Env), 0o644, hex.EncodeToString(sum[:])), strings.NewReader(string(record))); err != nil {
-			return check(checkSwitch, err)
-		}
-	}
 	c, err := layout.Switch(release)
+	if prev != "" && prev != release {
+		c, err = layout.SwitchFrom(release, prev, previousFile(p.Env))
+	}
 	if err != nil {
 		return check(checkSwitch, err)
 	}
 	if err := run.exec(ctx, n.Target, "rollout", c, nil); err != nil {
 		return check(checkSwitch, err)
+	}
+	if prev != "" && prev != release {
+		n.Previous = prev
 	}
 	n.Current = release
 	env, err := r.releaseEnv(p, n, release)
@@ -662,42 +661,33 @@ func (r *Reconciler) waitUntil(ctx context.Context, deadline time.Time, limit ti
 }
 
 // prune removes releases beyond keep_releases on every node, never the
-// current or the previous one. A failure here is logged: the deploy itself
-// succeeded.
+// current or the previous one. The releases are those the plan saw, the
+// deployed one now the newest (its switch touched it), and the previous
+// one is the one recorded at the switch, so one command per node does; the
+// command itself never removes what current points at. A failure here is
+// logged: the deploy itself succeeded.
 func (r *Reconciler) prune(ctx context.Context, run *run) error {
 	p := run.plan
+	sha := p.Commit.SHA
 	layout := hosts.Layout{DeployTo: p.Env.DeployTo}
 	var mu sync.Mutex
 	removed := 0
 	forEach(p.Nodes, func(n *Node) error {
-		c, err := layout.ListReleases()
+		newest := []string{sha}
+		for _, rel := range n.Releases {
+			if rel.Name != sha {
+				newest = append(newest, rel.Name)
+			}
+		}
+		keep := newest[:min(len(newest), max(p.Env.KeepReleases, 1))]
+		if n.Previous != "" && !slices.Contains(keep, n.Previous) {
+			keep = append(keep, n.Previous)
+		}
+		c, err := layout.Prune(keep)
 		if err != nil {
 			return err
 		}
 		out, err := run.output(ctx, n.Target, c)
-		if err != nil {
-			run.rec.Logf(n.Name(), "prune: %v", err)
-			return nil
-		}
-		rels, err := hosts.ParseReleases(out)
-		if err != nil {
-			run.rec.Logf(n.Name(), "prune: %v", err)
-			return nil
-		}
-		prevOut, _ := r.Fleet.Output(ctx, n.Target, hosts.ReadFile(previousFile(p.Env)))
-		keep := []string{p.Commit.SHA}
-		if prev := strings.TrimSpace(string(prevOut)); prev != "" {
-			keep = append(keep, prev)
-		}
-		for i, rel := range rels {
-			if i < p.Env.KeepReleases {
-				keep = append(keep, rel.Name)
-			}
-		}
-		if c, err = layout.Prune(keep); err != nil {
-			return err
-		}
-		out, err = run.output(ctx, n.Target, c)
 		if err != nil {
 			run.rec.Logf(n.Name(), "prune: %v", err)
 			return nil

@@ -11,6 +11,7 @@ import (
 	"io"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/clusterops/operator/hosts"
@@ -33,13 +34,7 @@ func (r *Reconciler) stage(ctx context.Context, run *run) error {
 	r.report(run, Pending, "staging")
 	run.progress("stage: on %d nodes", len(p.Nodes))
 
-	var lacking []*Node
-	for _, n := range p.Nodes {
-		if !hasRelease(n, sha) {
-			lacking = append(lacking, n)
-		}
-	}
-	if len(lacking) > 0 {
+	if lacking := lacking(p); len(lacking) > 0 {
 		if err := r.receive(ctx, run, lacking); err != nil {
 			return err
 		}
@@ -60,13 +55,7 @@ func (r *Reconciler) stage(ctx context.Context, run *run) error {
 func (r *Reconciler) receive(ctx context.Context, run *run, nodes []*Node) error {
 	p := run.plan
 	started := time.Now()
-	layout := hosts.Layout{DeployTo: p.Env.DeployTo}
-	sessions := make([]*deltaSession, len(nodes))
-	forEach(nodes, func(n *Node) error {
-		i := slices.Index(nodes, n)
-		sessions[i] = r.openDelta(ctx, run, layout, n)
-		return nil
-	})
+	sessions := r.sessions(ctx, run, nodes)
 	errs := make([]error, len(nodes))
 	bases := map[string]hosts.Index{}
 	var whole, withBase []int
@@ -143,13 +132,14 @@ func (r *Reconciler) receive(ctx context.Context, run *run, nodes []*Node) error
 // deltaSession is a ReceiveDelta command running on a node: its offer
 // read, waiting for the operator's answer.
 type deltaSession struct {
-	n       *Node
-	in      *io.PipeWriter
-	offer   hosts.Offer
-	started time.Time
-	done    chan error
+	n     *Node
+	in    *io.PipeWriter
+	offer hosts.Offer
+	done  chan error
 	// err is why the session failed before its answer; it has ended then.
 	err error
+	// answered is set once the session has its answer or has ended.
+	answered atomic.Bool
 }
 
 // openDelta starts a ReceiveDelta command on n, offering the release it
@@ -165,10 +155,11 @@ func (r *Reconciler) openDelta(ctx context.Context, run *run, layout hosts.Layou
 			names = append(names, rel.Name)
 		}
 	}
-	s := &deltaSession{n: n, started: time.Now(), done: make(chan error, 1)}
+	s := &deltaSession{n: n, done: make(chan error, 1)}
 	c, err := layout.ReceiveDelta(p.Commit.SHA, names, p.Manifest.Release.Links)
 	if err != nil {
 		s.err = err
+		s.answered.Store(true)
 		return s
 	}
 	inR, inW := io.Pipe()
@@ -186,6 +177,7 @@ func (r *Reconciler) openDelta(ctx context.Context, run *run, layout hosts.Layou
 	go io.Copy(io.Discard, out)
 	if s.err != nil || s.offer.Base == "" {
 		// Nothing to answer: the command ends by itself.
+		s.answered.Store(true)
 		inW.Close()
 		if err := <-s.done; err != nil {
 			s.err = err
@@ -208,6 +200,9 @@ func (s *deltaSession) key() string {
 // decline answers the offer with no delta: the command ends leaving
 // nothing, and the node is to receive the release whole.
 func (s *deltaSession) decline() {
+	if s.answered.Swap(true) {
+		return
+	}
 	hosts.SendDelta(s.in, nil)
 	s.in.Close()
 	<-s.done
@@ -215,6 +210,10 @@ func (s *deltaSession) decline() {
 
 // send answers the offer with d and waits for the release to be made.
 func (s *deltaSession) send(run *run, d *hosts.Delta) error {
+	if s.answered.Swap(true) {
+		return fmt.Errorf("stage on %s: delta session already answered", s.n.Name())
+	}
+	started := time.Now()
 	werr := hosts.SendDelta(s.in, d)
 	s.in.Close()
 	err := errOr(<-s.done, werr)
@@ -223,7 +222,7 @@ func (s *deltaSession) send(run *run, d *hosts.Delta) error {
 		return &DeployError{Class: classOf(err), Phase: "stage", Host: s.n.Name(), Err: fmt.Errorf("release from %s and a delta: %w", short(s.offer.Base), err)}
 	}
 	run.rec.Logf(s.n.Name(), "release made from %s: %d files sent (%d bytes, %d compressed), %d linked, in %v",
-		short(s.offer.Base), d.Sent, d.SentBytes, len(d.Payload), d.Linked, time.Since(s.started).Round(time.Millisecond))
+		short(s.offer.Base), d.Sent, d.SentBytes, len(d.Payload), d.Linked, time.Since(started).Round(time.Millisecond))
 	return nil
 }
 
@@ -305,6 +304,79 @@ func (r *Reconciler) keepIndex(ctx context.Context, run *run, n *Node, ix hosts.
 	if err != nil {
 		run.rec.Logf(n.Name(), "index of the release not kept (the next deploy sends it whole): %v", err)
 	}
+}
+
+// lacking returns the nodes that do not hold the release to deploy.
+func lacking(p *Plan) []*Node {
+	var ns []*Node
+	for _, n := range p.Nodes {
+		if !hasRelease(n, p.Commit.SHA) {
+			ns = append(ns, n)
+		}
+	}
+	return ns
+}
+
+// stageAhead opens the delta sessions of the nodes that lack the release
+// when the build steps start, so that the nodes link their bases while
+// they run; stage takes them (sessions), and a deploy that ends before its
+// stage declines them (closeSessions).
+func (r *Reconciler) stageAhead(ctx context.Context, run *run) {
+	nodes := lacking(run.plan)
+	if len(nodes) == 0 {
+		return
+	}
+	ahead := make(chan []*deltaSession, 1)
+	go func() { ahead <- r.openDeltas(ctx, run, nodes) }()
+	run.ahead = ahead
+}
+
+// sessions returns the delta sessions of nodes, opened ahead or now.
+func (r *Reconciler) sessions(ctx context.Context, run *run, nodes []*Node) []*deltaSession {
+	if run.ahead != nil {
+		ss := <-run.ahead
+		run.ahead = nil
+		if len(ss) == len(nodes) {
+			return ss
+		}
+		closeAll(ss) // not expected: the plan did not change
+	}
+	return r.openDeltas(ctx, run, nodes)
+}
+
+// openDeltas opens a delta session on every node of nodes at once.
+func (r *Reconciler) openDeltas(ctx context.Context, run *run, nodes []*Node) []*deltaSession {
+	layout := hosts.Layout{DeployTo: run.plan.Env.DeployTo}
+	ss := make([]*deltaSession, len(nodes))
+	forEach(nodes, func(n *Node) error {
+		ss[slices.Index(nodes, n)] = r.openDelta(ctx, run, layout, n)
+		return nil
+	})
+	run.mu.Lock()
+	run.opened = append(run.opened, ss...)
+	run.mu.Unlock()
+	return ss
+}
+
+// closeSessions declines every delta session the deploy opened and did
+// not answer: the nodes remove what they linked.
+func (run *run) closeSessions() {
+	if run.ahead != nil {
+		<-run.ahead
+		run.ahead = nil
+	}
+	run.mu.Lock()
+	ss := run.opened
+	run.mu.Unlock()
+	closeAll(ss)
+}
+
+func closeAll(ss []*deltaSession) {
+	var wg sync.WaitGroup
+	for _, s := range ss {
+		wg.Go(s.decline)
+	}
+	wg.Wait()
 }
 
 func hasRelease(n *Node, sha string) bool {
