@@ -160,35 +160,25 @@ func Deltas(r io.Reader, sum string, bases map[string]Index, links []string, lim
 		b.tw = tar.NewWriter(b.zw)
 		out[name] = b
 	}
+	// One goroutine inflates and parses, the other hashes and compares: on
+	// two cores the hashing costs no time.
+	members := make(chan member, 16)
+	done := make(chan struct{})
+	defer close(done)
+	go readMembers(zr, links, limits, members, done)
 	ix := Index{}
-	tr := tar.NewReader(zr)
-	var content []byte
-	for {
-		hdr, err := tr.Next()
-		if err == io.EOF {
-			break
+	for m := range members {
+		if m.err != nil {
+			return nil, nil, m.err
 		}
-		if err != nil {
-			return nil, nil, fmt.Errorf("read artifact: %w", err)
-		}
-		p, ok := indexPath(hdr.Name)
-		if p == "." && hdr.Typeflag == tar.TypeDir {
-			continue
-		}
-		if !ok {
-			return nil, nil, fmt.Errorf("%w: member %q", ErrNoDelta, hdr.Name)
-		}
-		if linked(p, links) {
-			continue
-		}
+		hdr, p := m.hdr, m.path
 		// A member may appear twice (Mix adds overlays after bin/): the
 		// last one wins, as when tar extracts.
 		if prev, dup := ix[p]; dup && (prev.Dir || hdr.Typeflag == tar.TypeDir) {
 			return nil, nil, fmt.Errorf("%w: member %q appears twice, once as a directory", ErrNoDelta, hdr.Name)
 		}
 		mode := fs.FileMode(hdr.Mode & 0o7777)
-		switch hdr.Typeflag {
-		case tar.TypeDir:
+		if hdr.Typeflag == tar.TypeDir {
 			ix[p] = IndexEntry{Dir: true, Mode: mode}
 			for _, b := range out {
 				if err := b.add(hdr, p, nil); err != nil {
@@ -196,23 +186,12 @@ func Deltas(r io.Reader, sum string, bases map[string]Index, links []string, lim
 				}
 			}
 			continue
-		case tar.TypeReg:
-		default:
-			return nil, nil, fmt.Errorf("%w: member %q is of type %q", ErrNoDelta, hdr.Name, hdr.Typeflag)
 		}
-		fh := sha256.New()
-		held := hdr.Size <= limits.File
-		if held {
-			content = slices.Grow(content[:0], int(hdr.Size))[:0]
-			w := bytes.NewBuffer(content)
-			if _, err := io.Copy(io.MultiWriter(w, fh), tr); err != nil {
-				return nil, nil, fmt.Errorf("read artifact: %w", err)
-			}
-			content = w.Bytes()
-		} else if _, err := io.Copy(fh, tr); err != nil {
-			return nil, nil, fmt.Errorf("read artifact: %w", err)
+		if m.held {
+			h := sha256.Sum256(m.content)
+			m.sum = hex.EncodeToString(h[:])
 		}
-		e := IndexEntry{Mode: mode, Sum: hex.EncodeToString(fh.Sum(nil))}
+		e := IndexEntry{Mode: mode, Sum: m.sum}
 		ix[p] = e
 		for _, b := range out {
 			if b.failed {
@@ -226,11 +205,11 @@ func Deltas(r io.Reader, sum string, bases map[string]Index, links []string, lim
 			}
 			delete(b.keep, p)
 			b.sent[p] = true
-			if !held || b.raw+hdr.Size > limits.Payload {
+			if !m.held || b.raw+hdr.Size > limits.Payload {
 				b.failed = true
 				continue
 			}
-			if err := b.add(hdr, p, content); err != nil {
+			if err := b.add(hdr, p, m.content); err != nil {
 				return nil, nil, err
 			}
 			b.raw += hdr.Size
@@ -301,6 +280,78 @@ func linked(p string, links []string) bool {
 		}
 	}
 	return false
+}
+
+// member is one directory or regular file of an artifact, as readMembers
+// read it: with its content when held (no larger than DeltaLimits.File),
+// else with the hex SHA-256 of its content; or the error that ended the
+// reading.
+type member struct {
+	hdr     *tar.Header
+	path    string
+	held    bool
+	content []byte
+	sum     string
+	err     error
+}
+
+// readMembers reads the tarball's members into members, then closes it;
+// it stops early when done closes.
+func readMembers(r io.Reader, links []string, limits DeltaLimits, members chan<- member, done <-chan struct{}) {
+	defer close(members)
+	send := func(m member) bool {
+		select {
+		case members <- m:
+			return true
+		case <-done:
+			return false
+		}
+	}
+	tr := tar.NewReader(r)
+	for {
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			return
+		}
+		if err != nil {
+			send(member{err: fmt.Errorf("read artifact: %w", err)})
+			return
+		}
+		p, ok := indexPath(hdr.Name)
+		if p == "." && hdr.Typeflag == tar.TypeDir {
+			continue
+		}
+		if !ok {
+			send(member{err: fmt.Errorf("%w: member %q", ErrNoDelta, hdr.Name)})
+			return
+		}
+		if linked(p, links) {
+			continue
+		}
+		m := member{hdr: hdr, path: p}
+		switch hdr.Typeflag {
+		case tar.TypeDir:
+		case tar.TypeReg:
+			if m.held = hdr.Size <= limits.File; m.held {
+				m.content = make([]byte, hdr.Size)
+				_, err = io.ReadFull(tr, m.content)
+			} else {
+				h := sha256.New()
+				_, err = io.Copy(h, tr)
+				m.sum = hex.EncodeToString(h.Sum(nil))
+			}
+			if err != nil {
+				send(member{err: fmt.Errorf("read artifact: %w", err)})
+				return
+			}
+		default:
+			send(member{err: fmt.Errorf("%w: member %q is of type %q", ErrNoDelta, hdr.Name, hdr.Typeflag)})
+			return
+		}
+		if !send(m) {
+			return
+		}
+	}
 }
 
 // deltaBuilder writes one base's payload as Deltas reads the artifact.

@@ -332,6 +332,103 @@ func (l Layout) ParseCurrent(out []byte) (string, error) {
 	return name, nil
 }
 
+const observeScript = `set -e
+if [ -L "$1/current" ]; then
+  printf "%s\n" "$(readlink -- "$1/current")"
+elif [ -e "$1/current" ]; then
+  printf "%s\n" "$1/current is not a symlink" >&2
+  exit 1
+else
+  printf "\n"
+fi
+if [ -d "$2" ]; then
+  (
+    cd -P -- "$2"
+    for d in *; do
+      if [ -d "$d" ] && [ ! -L "$d" ]; then
+        stat -c "%Y %n" -- "$d"
+      fi
+    done
+  )
+fi
+printf -- "--\n"
+shift 2
+for f in "$@"; do
+  if [ -f "$f" ]; then
+    printf "+%s\n" "$(head -n 1 -- "$f")"
+  else
+    printf -- "-\n"
+  fi
+done`
+
+// Observed is what Observe saw on a host.
+type Observed struct {
+	// Current is the release current points at, "" when there is none.
+	Current string
+	// Releases are the release directories, newest first.
+	Releases []Release
+	// Records are the first lines of the record files Observe was given,
+	// in order; "" for a file that does not exist.
+	Records []string
+}
+
+// Observe returns the command that prints, in one session, where current
+// points (as ReadCurrent), the releases (as ListReleases) and the first
+// line of each of the record files (absolute paths, such as the previous
+// release's record); ParseObserve reads it.
+func (l Layout) Observe(records ...string) (Cmd, error) {
+	root, err := l.root()
+	if err != nil {
+		return Cmd{}, err
+	}
+	args := []string{root, l.Releases()}
+	for _, r := range records {
+		if !path.IsAbs(r) || strings.ContainsAny(r, "\n\x00") {
+			return Cmd{}, fmt.Errorf("observe record %q: want an absolute path", r)
+		}
+		args = append(args, path.Clean(r))
+	}
+	return named("observe", observeScript, args...), nil
+}
+
+// ParseObserve reads Observe's output, given as many records.
+func (l Layout) ParseObserve(out []byte, records int) (Observed, error) {
+	var o Observed
+	cur, rest, ok := strings.Cut(string(out), "\n")
+	if !ok {
+		return o, fmt.Errorf("observe: %.60q: no current line", out)
+	}
+	var err error
+	if o.Current, err = l.ParseCurrent([]byte(cur)); err != nil {
+		return o, err
+	}
+	listing, recs, ok := strings.Cut(rest, "--\n")
+	if !ok {
+		return o, fmt.Errorf("observe: %.60q: no end of the release listing", rest)
+	}
+	if o.Releases, err = ParseReleases([]byte(listing)); err != nil {
+		return o, err
+	}
+	lines := strings.Split(strings.TrimSuffix(recs, "\n"), "\n")
+	if recs == "" {
+		lines = nil
+	}
+	if len(lines) != records {
+		return o, fmt.Errorf("observe: %d record lines, want %d", len(lines), records)
+	}
+	for _, line := range lines {
+		switch {
+		case line == "-":
+			o.Records = append(o.Records, "")
+		case strings.HasPrefix(line, "+"):
+			o.Records = append(o.Records, strings.TrimSpace(line[1:]))
+		default:
+			return o, fmt.Errorf("observe: record line %q", line)
+		}
+	}
+	return o, nil
+}
+
 const listScript = `set -e
 if [ ! -d "$1" ]; then exit 0; fi
 cd -P -- "$1"

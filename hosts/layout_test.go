@@ -1,6 +1,7 @@
 package hosts
 
 import (
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,7 +23,7 @@ func TestScriptsHoldNoSingleQuote(t *testing.T) {
 	for name, s := range map[string]string{
 		"unpack": unpackScript, "link": linkScript, "write": writeScript, "sum": sumScript,
 		"switch": switchScript, "readCurrent": readCurrentScript, "list": listScript, "prune": pruneScript,
-		"receive": receiveScript, "receiveDelta": receiveDeltaScript,
+		"receive": receiveScript, "receiveDelta": receiveDeltaScript, "observe": observeScript, "recordAfter": recordAfterScript,
 	} {
 		if strings.Contains(s, "'") {
 			t.Errorf("%s script holds a single quote", name)
@@ -178,5 +179,95 @@ func TestSwitchFromRuns(t *testing.T) {
 		if _, err := bad(); err == nil {
 			t.Error("accepted a bad previous or record")
 		}
+	}
+}
+
+// TestObserveRuns runs the observation here with sh: current, the
+// releases and each record, in one command.
+func TestObserveRuns(t *testing.T) {
+	l := Layout{DeployTo: filepath.Join(t.TempDir(), "it's $(x)")}
+	record := filepath.Join(l.DeployTo, ".operator", "previous")
+	marker := filepath.Join(l.DeployTo, ".operator", "migrated", "b")
+	observe := func() (Observed, error) {
+		c, err := l.Observe(record, marker)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := exec.Command(c.Args[0], c.Args[1:]...).Output()
+		if err != nil {
+			t.Fatalf("observe: %v", err)
+		}
+		return l.ParseObserve(out, 2)
+	}
+	// A host never deployed to.
+	o, err := observe()
+	if err != nil || o.Current != "" || len(o.Releases) != 0 || !cmp.Equal(o.Records, []string{"", ""}) {
+		t.Errorf("empty host: %+v, %v", o, err)
+	}
+	for _, rel := range []string{"a", "b"} {
+		if err := os.MkdirAll(l.ReleaseDir(rel), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	old := time.Now().Add(-time.Hour)
+	if err := os.Chtimes(l.ReleaseDir("a"), old, old); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(l.ReleaseDir("b"), l.Current()); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Dir(marker), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(record, []byte("a\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	o, err = observe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, r := range o.Releases {
+		names = append(names, r.Name)
+	}
+	if o.Current != "b" || !cmp.Equal(names, []string{"b", "a"}) || !cmp.Equal(o.Records, []string{"a", ""}) {
+		t.Errorf("deployed host: current %q, releases %q, records %q", o.Current, names, o.Records)
+	}
+	if _, err := l.ParseObserve([]byte("\n--\n"), 1); err == nil {
+		t.Error("ParseObserve took a missing record line")
+	}
+	if _, err := l.Observe("relative"); err == nil {
+		t.Error("Observe took a relative record path")
+	}
+}
+
+// TestRecordAfterRuns: the record is written when the command succeeds,
+// and only then; the command's exit status is the result's.
+func TestRecordAfterRuns(t *testing.T) {
+	dir := t.TempDir()
+	marker := filepath.Join(dir, "it's", "migrated", "b")
+	for _, tt := range []struct {
+		line   string
+		status int
+	}{{"exit 3", 3}, {"echo migrated", 0}} {
+		c := RecordAfter(ShellCmd(dir, tt.line, map[string]string{"X": "y"}), marker, "time b")
+		err := exec.Command("sh", "-c", c.String()).Run()
+		var ee *exec.ExitError
+		switch {
+		case tt.status == 0 && err != nil:
+			t.Errorf("%s: %v", tt.line, err)
+		case tt.status != 0 && (!errors.As(err, &ee) || ee.ExitCode() != tt.status):
+			t.Errorf("%s: got %v, want exit status %d", tt.line, err, tt.status)
+		}
+		got, err := os.ReadFile(marker)
+		if tt.status != 0 && err == nil {
+			t.Errorf("%s: recorded %q after a failure", tt.line, got)
+		}
+		if tt.status == 0 && string(got) != "time b\n" {
+			t.Errorf("%s: recorded %q (%v)", tt.line, got, err)
+		}
+	}
+	if c := RecordAfter(ShellCmd(dir, "migrate", map[string]string{"SECRET": "s"}), marker, "x"); strings.Contains(c.Redacted(), "SECRET=s") {
+		t.Errorf("redacted command shows the environment: %s", c.Redacted())
 	}
 }

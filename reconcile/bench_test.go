@@ -177,7 +177,11 @@ type oursFigures struct {
 	deploy   history.Deploy
 	spent    time.Duration // sum of Spent over spentKinds
 	overhead time.Duration // total - spent
+	migrate  time.Duration // the app's migration command, part of overhead
 }
+
+// beyondApp is the overhead less the app's own migration command.
+func (o oursFigures) beyondApp() time.Duration { return o.overhead - o.migrate }
 
 func (r round) oursPerFloor() float64    { return r.ours.total.Seconds() / r.floor.total.Seconds() }
 func (r round) baselinePerOurs() float64 { return r.baseline.total.Seconds() / r.ours.total.Seconds() }
@@ -410,6 +414,7 @@ func (bn *bench) ours(i int) oursFigures {
 		fig.spent += fig.deploy.Spent[k]
 	}
 	fig.overhead = fig.total - fig.spent
+	fig.migrate = fig.deploy.Spent["migrate"]
 	for _, line := range strings.Split(f.log(fig.deploy.ID), "\n") {
 		if _, c, ok := strings.Cut(line, " stdout Compiling "); ok {
 			fig.compiled = "Compiling " + c
@@ -608,15 +613,16 @@ func (res *variantResult) mean() round {
 	if len(res.rounds) == 1 {
 		return m
 	}
-	var baseline, floor, ours, overhead time.Duration
+	var baseline, floor, ours, overhead, migrate time.Duration
 	for _, r := range res.rounds {
 		baseline += r.baseline.total
 		floor += r.floor.total
 		ours += r.ours.total
 		overhead += r.ours.overhead
+		migrate += r.ours.migrate
 	}
 	n := time.Duration(len(res.rounds))
-	m.baseline.total, m.floor.total, m.ours.total, m.ours.overhead = baseline/n, floor/n, ours/n, overhead/n
+	m.baseline.total, m.floor.total, m.ours.total, m.ours.overhead, m.ours.migrate = baseline/n, floor/n, ours/n, overhead/n, migrate/n
 	return m
 }
 
@@ -771,19 +777,22 @@ func benchReport(m machine, results []*variantResult, failed []string) string {
 	p("")
 	p("## Summary")
 	p("")
-	p("| variant | baseline | floor | ours | overhead | ours / floor (≤ %.1f) | baseline / ours (≥ %.0f) | overhead (< %.1f s) |", targetOursPerFloor, targetBaselinePerOurs, targetOverheadSeconds)
-	p("| --- | ---: | ---: | ---: | ---: | --- | --- | --- |")
+	p("| variant | baseline | floor | ours | overhead | ours / floor (≤ %.1f) | baseline / ours (≥ %.0f) | overhead (< %.1f s) | overhead less the app's migration |", targetOursPerFloor, targetBaselinePerOurs, targetOverheadSeconds)
+	p("| --- | ---: | ---: | ---: | ---: | --- | --- | --- | ---: |")
 	for _, res := range results {
 		r := res.mean()
-		p("| %s | %.2f s | %.2f s | %.2f s | %.2f s | %.2f, %s | %.1f, %s | %.2f s, %s |", res.variant.name,
+		p("| %s | %.2f s | %.2f s | %.2f s | %.2f s | %.2f, %s | %.1f, %s | %.2f s, %s | %.2f s |", res.variant.name,
 			r.baseline.total.Seconds(), r.floor.total.Seconds(), r.ours.total.Seconds(), r.ours.overhead.Seconds(),
 			r.oursPerFloor(), verdict(r.oursPerFloor() <= targetOursPerFloor),
 			r.baselinePerOurs(), verdict(r.baselinePerOurs() >= targetBaselinePerOurs),
-			r.ours.overhead.Seconds(), verdict(r.ours.overhead.Seconds() < targetOverheadSeconds))
+			r.ours.overhead.Seconds(), verdict(r.ours.overhead.Seconds() < targetOverheadSeconds),
+			r.ours.beyondApp().Seconds())
 	}
 	for _, name := range failed {
-		p("| %s | failed: see the benchmark's output | | | | | | |", name)
+		p("| %s | failed: see the benchmark's output | | | | | | | |", name)
 	}
+	p("")
+	p("The overhead follows the issue's formula: ours less build steps, restarts and settle waits. The app's own migration command (`release.migrate`, here `bin/chat eval`, which boots a VM) is none of those, so it counts as overhead; the last column leaves it out, as the app's time, like its build steps.")
 	for _, res := range results {
 		variantReport(&w, res)
 	}
@@ -816,6 +825,7 @@ func variantReport(w io.Writer, res *variantResult) {
 	p("| floor | %.2f s | | |", r.floor.total.Seconds())
 	p("| ours | %.2f s | | |", r.ours.total.Seconds())
 	p("| operator overhead | %.2f s | < %.1f s | %s |", r.ours.overhead.Seconds(), targetOverheadSeconds, verdict(r.ours.overhead.Seconds() < targetOverheadSeconds))
+	p("| operator overhead less the app's migration command | %.2f s | | |", r.ours.beyondApp().Seconds())
 	p("| ours / floor | %.2f | ≤ %.1f | %s |", r.oursPerFloor(), targetOursPerFloor, verdict(r.oursPerFloor() <= targetOursPerFloor))
 	p("| baseline / ours | %.1f | ≥ %.0f | %s |", r.baselinePerOurs(), targetBaselinePerOurs, verdict(r.baselinePerOurs() >= targetBaselinePerOurs))
 	p("")
@@ -894,10 +904,10 @@ func variantReport(w io.Writer, res *variantResult) {
 			t -= d.Spent[k]
 		}
 		what := map[string]string{
-			"build":   "build: workspace, push, checkout, step records, artifact kept",
-			"stage":   "stage: artifact streamed from the build host into an unpack on every node (hashed, links made, renamed), vm.args",
-			"migrate": "migrate: the app's `release.migrate` command (boots a VM) and the operator's marker",
-			"rollout": "rollout: switch `current`, previous-release record, HAProxy ready",
+			"build":   "build: workspace prepared in the push's session, push, checkout (step inputs read meanwhile), step records, artifact kept",
+			"stage":   "stage: the artifact read once by the operator (its index, the files changed against each node's release), a delta to each node, which hard-linked the rest during the build (or the artifact streamed whole into an unpack), vm.args",
+			"migrate": "migrate: the app's `release.migrate` command (boots a VM), its marker written by the same command",
+			"rollout": "rollout: switch `current` (with the previous-release record), HAProxy ready",
 			"prune":   "prune: old releases",
 		}[ph.Name]
 		if what == "" {

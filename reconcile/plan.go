@@ -46,6 +46,10 @@ type Node struct {
 	Running  bool
 	Releases []hosts.Release
 
+	// migrated is whether the node records that the desired commit's
+	// migration ran (the first node runs it).
+	migrated bool
+
 	// pid is the node's OS process id as its last successful ping printed
 	// it, 0 when unknown: see ping.
 	pid int
@@ -226,7 +230,11 @@ func migratedFile(env manifests.Environment, commit string) string {
 // previous release, and whether the app answers its ping.
 func (r *Reconciler) observe(ctx context.Context, p *Plan, n *Node) error {
 	layout := hosts.Layout{DeployTo: p.Env.DeployTo}
-	c, err := layout.ReadCurrent()
+	records := []string{previousFile(p.Env)}
+	if p.Commit.SHA != "" {
+		records = append(records, migratedFile(p.Env, p.Commit.SHA))
+	}
+	c, err := layout.Observe(records...)
 	if err != nil {
 		return err
 	}
@@ -234,22 +242,12 @@ func (r *Reconciler) observe(ctx context.Context, p *Plan, n *Node) error {
 	if err != nil {
 		return err
 	}
-	if n.Current, err = layout.ParseCurrent(out); err != nil {
+	o, err := layout.ParseObserve(out, len(records))
+	if err != nil {
 		return err
 	}
-	if c, err = layout.ListReleases(); err != nil {
-		return err
-	}
-	if out, err = r.Fleet.Output(ctx, n.Target, c); err != nil {
-		return err
-	}
-	if n.Releases, err = hosts.ParseReleases(out); err != nil {
-		return err
-	}
-	if out, err = r.Fleet.Output(ctx, n.Target, hosts.ReadFile(previousFile(p.Env))); err != nil {
-		return err
-	}
-	n.Previous = strings.TrimSpace(string(out))
+	n.Current, n.Releases, n.Previous = o.Current, o.Releases, o.Records[0]
+	n.migrated = len(o.Records) > 1 && o.Records[1] != ""
 	if n.Current == "" {
 		return nil
 	}

@@ -2,8 +2,6 @@ package reconcile
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -21,7 +19,7 @@ import (
 
 // migrate runs release.migrate once, from the new release on the first node,
 // before any node is switched, and records on that node that it ran for
-// this commit, so a rerun never migrates twice. A failure stops the deploy
+// this commit (in the same command), so a rerun never migrates twice. A failure stops the deploy
 // with nothing switched.
 func (r *Reconciler) migrate(ctx context.Context, run *run) error {
 	p := run.plan
@@ -31,12 +29,7 @@ func (r *Reconciler) migrate(ctx context.Context, run *run) error {
 		return nil
 	}
 	first := p.Nodes[0]
-	marker := migratedFile(p.Env, sha)
-	out, err := run.output(ctx, first.Target, hosts.ReadFile(marker))
-	if err != nil {
-		return err
-	}
-	if len(out) > 0 {
+	if first.migrated { // as the plan saw it
 		run.phaseNote = "skipped: already migrated for " + short(sha) + " on " + first.Name()
 		run.progress("migrate: already done for %s", short(sha))
 		return nil
@@ -48,14 +41,17 @@ func (r *Reconciler) migrate(ctx context.Context, run *run) error {
 		return err
 	}
 	layout := hosts.Layout{DeployTo: p.Env.DeployTo}
+	// The record is written by the same command, once the migration
+	// succeeded.
+	c := hosts.RecordAfter(hosts.ShellCmd(layout.ReleaseDir(sha), p.Manifest.Release.Migrate, env),
+		migratedFile(p.Env, sha), time.Now().UTC().Format(time.RFC3339)+" "+sha)
 	if err := run.timed("migrate", func() error {
-		return run.execTail(ctx, first.Target, "migrate", p.Manifest.Release.Migrate, hosts.ShellCmd(layout.ReleaseDir(sha), p.Manifest.Release.Migrate, env))
+		return run.execTail(ctx, first.Target, "migrate", p.Manifest.Release.Migrate, c)
 	}); err != nil {
 		return &DeployError{Class: classOf(err), Phase: "migrate", Host: first.Name(), Err: err}
 	}
-	record := []byte(time.Now().UTC().Format(time.RFC3339) + " " + sha + "\n")
-	sum := sha256.Sum256(record)
-	return run.exec(ctx, first.Target, "migrate", hosts.WriteFile(marker, 0o644, hex.EncodeToString(sum[:])), strings.NewReader(string(record)))
+	first.migrated = true
+	return nil
 }
 
 // live is the set of nodes that run the app: the ones the membership check
