@@ -10,6 +10,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path"
 	"path/filepath"
@@ -318,18 +319,29 @@ func (m *Mirror) Fingerprint(sha string, patterns []string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("gitsrc: tree of %s: %w", sha, err)
 	}
+	// Tree entries carry each file's hash and mode: walking them reads
+	// the trees only, never a file's content (tree.Files would inflate
+	// every blob of the commit).
 	var lines []string
-	err = tree.Files().ForEach(func(f *object.File) error {
+	w := object.NewTreeWalker(tree, true, nil)
+	defer w.Close()
+	for {
+		name, entry, err := w.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return "", fmt.Errorf("gitsrc: files of %s: %w", sha, err)
+		}
+		if !entry.Mode.IsFile() {
+			continue
+		}
 		for _, p := range patterns {
-			if matches(p, f.Name) {
-				lines = append(lines, f.Name+"\x00"+f.Hash.String()+"\x00"+f.Mode.String())
+			if matches(p, name) {
+				lines = append(lines, name+"\x00"+entry.Hash.String()+"\x00"+entry.Mode.String())
 				break
 			}
 		}
-		return nil
-	})
-	if err != nil {
-		return "", fmt.Errorf("gitsrc: files of %s: %w", sha, err)
 	}
 	sort.Strings(lines)
 	h := sha256.New()

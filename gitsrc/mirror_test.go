@@ -1,6 +1,9 @@
 package gitsrc
 
 import (
+	"crypto/sha1"
+	"crypto/sha256"
+	"encoding/hex"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -177,6 +180,13 @@ func TestFingerprintFollowsOnlyTheNamedFiles(t *testing.T) {
 	}
 	if fp(c1, "mix.exs") == fp(c1, "mix.lock") {
 		t.Error("different patterns over different files gave one fingerprint")
+	}
+	// The digest's form is kept on build hosts (a step's record): it must
+	// not change, or every step runs again once.
+	blob := sha1.Sum([]byte("blob 2\x00v1"))
+	want := sha256.Sum256([]byte("pattern mix.exs\nmix.exs\x00" + hex.EncodeToString(blob[:]) + "\x000100644\n"))
+	if got := fp(c1, "mix.exs"); got != hex.EncodeToString(want[:]) {
+		t.Errorf("fingerprint of mix.exs: got %s, want %s", got, hex.EncodeToString(want[:]))
 	}
 }
 
