@@ -20,6 +20,8 @@ func TestWorkspaceBuildersAsStrings(t *testing.T) {
 			`exec 'rm' '-f' '--' './build/my app.operator/steps/s0-abc'`},
 		{"prepare, then push", func() (Cmd, error) { return w.PrepareThen("git-receive-pack", "it's") },
 			sh(prepareWorkspaceScript, `'./build/my app' './build/my app.operator' 'git-receive-pack' 'it'\''s'`)},
+		{"refresh the index", w.Refresh,
+			`exec 'git' '--git-dir=./build/my app.operator/repo.git' '--work-tree=./build/my app' 'update-index' '-q' '--refresh'`},
 		{"read artifact", func() (Cmd, error) { return w.ReadArtifact(strings.Repeat("ab", 32)) },
 			`exec 'cat' '--' './build/my app.operator/artifacts/` + strings.Repeat("ab", 32) + `.tar.gz'`},
 	}

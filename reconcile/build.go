@@ -30,6 +30,12 @@ type run struct {
 	// "ok" (for example "skipped: artifact exists").
 	phaseNote string
 
+	// builtIn is the workspace the deploy built in, if it built.
+	builtIn hosts.Workspace
+	// bg counts the work the deploy left running beside its phases; the
+	// deploy waits for it before its outcome.
+	bg sync.WaitGroup
+
 	// ahead delivers the delta sessions stageAhead opened; opened holds
 	// every delta session, for closeSessions.
 	ahead  chan []*deltaSession
@@ -46,6 +52,25 @@ func (run *run) exec(ctx context.Context, t hosts.Target, step string, c hosts.C
 		run.rec.Logf(t.Name, "%s failed after %v: %v", step, time.Since(started).Round(time.Millisecond), err)
 	}
 	return err
+}
+
+// refreshWorkspace refreshes the index of the workspace the deploy built
+// in (hosts.Workspace.Refresh), beside the deploy's phases: the rollout
+// starts it, while the build host is idle and the first node stops. A
+// failure only makes the next checkout slower: it is logged.
+func (r *Reconciler) refreshWorkspace(ctx context.Context, run *run) {
+	if run.builtIn.Dir == "" {
+		return
+	}
+	c, err := run.builtIn.Refresh()
+	if err != nil {
+		return
+	}
+	run.bg.Go(func() {
+		if err := run.exec(context.WithoutCancel(ctx), run.plan.Build, "build", c, nil); err != nil {
+			run.rec.Logf(run.plan.Build.Name, "refreshing the checkout's index: %v (the next checkout reads every file)", err)
+		}
+	})
 }
 
 // timed runs fn and adds its duration to what the deploy spent on kind.
@@ -188,6 +213,7 @@ func (r *Reconciler) build(ctx context.Context, run *run) error {
 			}
 		}
 	}
+	run.builtIn = ws
 	if c, err = ws.StoreArtifact(sha, p.Manifest.Build.Artifact); err != nil {
 		return err
 	}

@@ -88,6 +88,7 @@ func (l *live) list() []*Node {
 // balancer. A node that fails a check is rolled back and the rollout stops:
 // nodes not reached yet are untouched.
 func (r *Reconciler) rollout(ctx context.Context, run *run) error {
+	r.refreshWorkspace(ctx, run)
 	p := run.plan
 	sha := p.Commit.SHA
 	alive := &live{nodes: map[string]*Node{}}
