@@ -200,12 +200,12 @@ func TestReceiveDeltaRuns(t *testing.T) {
 		}
 		return l
 	}
-	receive := func(t *testing.T, l Layout, d *Delta) error {
+	receive := func(t *testing.T, l Layout, d *Delta, extra ...[]byte) error {
 		c, err := l.ReceiveDelta("v2", []string{"v1"}, links)
 		if err != nil {
 			t.Fatal(err)
 		}
-		offer, err := session(t, c, func(Offer) *Delta { return d })
+		offer, err := session(t, c, func(Offer) *Delta { return d }, extra...)
 		if err == nil && offer.Base != "v1" {
 			t.Errorf("offered %+v, want base v1", offer)
 		}
@@ -222,6 +222,28 @@ func TestReceiveDeltaRuns(t *testing.T) {
 	t.Run("made", func(t *testing.T) {
 		l := setup(t)
 		d := delta(t)
+		// The node's own files follow: a rendered vm.args, and one over a
+		// file the release shares with its base.
+		files, err := NodeFiles(map[string][]byte{"releases/vm.args": []byte("-name v2"), "lib/kernel/ebin/kernel.beam": []byte("rendered")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := receive(t, l, d, files); err != nil {
+			t.Fatal(err)
+		}
+		for name, want := range map[string]string{"releases/vm.args": "-name v2", "lib/kernel/ebin/kernel.beam": "rendered"} {
+			if got, err := os.ReadFile(filepath.Join(l.ReleaseDir("v2"), name)); err != nil || string(got) != want {
+				t.Errorf("%s holds %q (%v), want %q", name, got, err, want)
+			}
+		}
+		if got, err := os.ReadFile(filepath.Join(l.ReleaseDir("v1"), "lib/kernel/ebin/kernel.beam")); err != nil || string(got) != "kernel" {
+			t.Errorf("the base's kernel.beam became %q (%v)", got, err)
+		}
+		if _, err := NodeFiles(map[string][]byte{"../x": nil}); err == nil {
+			t.Error("NodeFiles took a path leaving the release")
+		}
+		// What follows checks the release without the node's files.
+		l = setup(t)
 		if err := receive(t, l, d); err != nil {
 			t.Fatal(err)
 		}
@@ -447,7 +469,7 @@ func TestReceiveDeltaOffers(t *testing.T) {
 
 // session runs a ReceiveDelta command here with sh, the way a node does,
 // answering its offer (when it makes one) with what answer returns.
-func session(t *testing.T, c Cmd, answer func(Offer) *Delta) (Offer, error) {
+func session(t *testing.T, c Cmd, answer func(Offer) *Delta, extra ...[]byte) (Offer, error) {
 	t.Helper()
 	cmd := exec.Command(c.Args[0], c.Args[1:]...)
 	stdin, err := cmd.StdinPipe()
@@ -465,7 +487,7 @@ func session(t *testing.T, c Cmd, answer func(Offer) *Delta) (Offer, error) {
 	}
 	offer, err := ReadOffer(bufio.NewReader(stdout))
 	if err == nil && offer.Base != "" {
-		err = SendDelta(stdin, answer(offer))
+		err = SendDelta(stdin, answer(offer), bytes.Join(extra, nil))
 	}
 	stdin.Close()
 	io.Copy(io.Discard, stdout)

@@ -1,11 +1,18 @@
 package hosts
 
 import (
+	"archive/tar"
 	"bufio"
+	"bytes"
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
+	"time"
+
+	"github.com/klauspost/compress/gzip"
 )
 
 const receiveScript = `set -e
@@ -116,7 +123,7 @@ read -r answer isum
 if [ "$answer" != delta ]; then
   exit 0
 fi
-tar -xzf - -C "$tmp/in"
+tar -xizf - -C "$tmp/in"
 got=$(sha256sum <"$tmp/in/operator/index")
 if [ "${got%% *}" != "$isum" ]; then
   printf "%s\n" "received index has sha256 ${got%% *}, want $isum" >&2
@@ -134,7 +141,7 @@ fi
   find . -mindepth 1 -depth -type d -empty -delete
 )
 mkdir -p -- "$tmp/in/release"
-cp -al -- "$tmp/in/release/." "$tmp/release/"
+cp -al --remove-destination -- "$tmp/in/release/." "$tmp/release/"
 if [ -s "$tmp/in/operator/check" ]; then
   (cd -- "$tmp/release" && sha256sum --quiet --strict -c -- "$tmp/in/operator/check") >&2
 fi
@@ -168,7 +175,8 @@ mv -T -- "$tmp/release" "$rel"`
 //  3. It keeps the files the payload lists to keep (sorted as bytes, as
 //     comm wants) and no others (runtime
 //     files, rendered files and links of the base go), adds the files sent,
-//     checks those against the index's SHA-256s, makes the shared links,
+//     checks those against the index's SHA-256s, adds the node's own files
+//     that follow the payload (NodeFiles), makes the shared links,
 //     keeps the index (IndexPath) and renames the release into place, as
 //     Receive does.
 //
@@ -247,8 +255,9 @@ func ReadOffer(r *bufio.Reader) (Offer, error) {
 }
 
 // SendDelta writes the answer to an offer that brings d: the line, then
-// the payload. A nil d declines it (the release is sent whole instead).
-func SendDelta(w io.Writer, d *Delta) error {
+// the payload, then extra (NodeFiles: the node's own files, or nothing).
+// A nil d declines it (the release is sent whole instead).
+func SendDelta(w io.Writer, d *Delta, extra []byte) error {
 	if d == nil {
 		_, err := io.WriteString(w, "whole\n")
 		return err
@@ -256,8 +265,46 @@ func SendDelta(w io.Writer, d *Delta) error {
 	if _, err := io.WriteString(w, "delta "+d.IndexSum+"\n"); err != nil {
 		return err
 	}
-	_, err := w.Write(d.Payload)
+	if _, err := w.Write(d.Payload); err != nil {
+		return err
+	}
+	_, err := w.Write(extra)
 	return err
+}
+
+// NodeFiles returns the files of one node (rendered per-node files: path
+// in the release → content) as a gzipped tarball to follow a Delta's
+// payload (SendDelta): they come with the release, each with mode 0644,
+// in place of any file of that path, and are not in its index. The
+// receiving tar reads the two tarballs as one, past the first one's end.
+func NodeFiles(files map[string][]byte) ([]byte, error) {
+	if len(files) == 0 {
+		return nil, nil
+	}
+	var buf bytes.Buffer
+	zw, _ := gzip.NewWriterLevel(&buf, gzip.BestSpeed)
+	tw := tar.NewWriter(zw)
+	now := time.Now()
+	for _, name := range slices.Sorted(maps.Keys(files)) {
+		p, ok := indexPath(name)
+		if !ok || p != name {
+			return nil, fmt.Errorf("node file %q: want a clean relative path", name)
+		}
+		data := files[name]
+		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "release/" + p, Mode: 0o644, Size: int64(len(data)), ModTime: now}); err != nil {
+			return nil, err
+		}
+		if _, err := tw.Write(data); err != nil {
+			return nil, err
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return nil, err
+	}
+	if err := zw.Close(); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
 }
 
 // IndexPath returns where the Index of release name is kept on a node:

@@ -41,6 +41,23 @@ type run struct {
 	ahead  chan []*deltaSession
 	mu     sync.Mutex
 	opened []*deltaSession
+	// withFiles are the nodes whose rendered files came with their delta.
+	withFiles map[*Node]bool
+}
+
+func (run *run) filesSent(n *Node) {
+	run.mu.Lock()
+	defer run.mu.Unlock()
+	if run.withFiles == nil {
+		run.withFiles = map[*Node]bool{}
+	}
+	run.withFiles[n] = true
+}
+
+func (run *run) hasFiles(n *Node) bool {
+	run.mu.Lock()
+	defer run.mu.Unlock()
+	return run.withFiles[n]
 }
 
 // exec runs c on t, logging the command and its output to the deploy's log.

@@ -200,6 +200,17 @@ func TestFirstDeployThenOneLineChangeThenNothing(t *testing.T) {
 	if got := strings.Count(log, "release made from "+first[:12]+": "); got != 3 {
 		t.Errorf("the second deploy's log says %d times that a node made the release from the first's, want 3:\n%s", got, log)
 	}
+	// Each node's vm.args came with its delta, rendered for this commit
+	// and this node.
+	for _, n := range []string{"n1", "n2", "n3"} {
+		vmArgs, err := f.bed.Host(n).Sh(t.Context(), "cat "+deployTo+"/current/releases/vm.args")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(vmArgs), "release "+second) || !strings.Contains(string(vmArgs), "on host "+n+" ") {
+			t.Errorf("%s's vm.args is not rendered for %s:\n%s", n, second, vmArgs)
+		}
+	}
 	if got := strings.Count(f.log(1), "received from build and unpacked"); got != 3 {
 		t.Errorf("the first deploy's log says %d times that a node received the release whole, want 3", got)
 	}

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"path"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -106,7 +107,17 @@ func (r *Reconciler) receive(ctx context.Context, run *run, nodes []*Node) error
 			late = append(late, i)
 			continue
 		}
-		wg.Go(func() { errs[i] = s.send(run, d) })
+		extra, err := r.nodeFiles(run.plan, s.n)
+		if err != nil {
+			s.decline()
+			errs[i] = err
+			continue
+		}
+		wg.Go(func() {
+			if errs[i] = s.send(run, d, extra); errs[i] == nil && extra != nil {
+				run.filesSent(s.n)
+			}
+		})
 	}
 	if len(late) > 0 {
 		run.rec.Logf("", "no delta for %d nodes: they receive the whole artifact", len(late))
@@ -203,18 +214,19 @@ func (s *deltaSession) decline() {
 	if s.answered.Swap(true) {
 		return
 	}
-	hosts.SendDelta(s.in, nil)
+	hosts.SendDelta(s.in, nil, nil)
 	s.in.Close()
 	<-s.done
 }
 
-// send answers the offer with d and waits for the release to be made.
-func (s *deltaSession) send(run *run, d *hosts.Delta) error {
+// send answers the offer with d and the node's own files (extra), and
+// waits for the release to be made.
+func (s *deltaSession) send(run *run, d *hosts.Delta, extra []byte) error {
 	if s.answered.Swap(true) {
 		return fmt.Errorf("stage on %s: delta session already answered", s.n.Name())
 	}
 	started := time.Now()
-	werr := hosts.SendDelta(s.in, d)
+	werr := hosts.SendDelta(s.in, d, extra)
 	s.in.Close()
 	err := errOr(<-s.done, werr)
 	if err != nil {
@@ -388,8 +400,29 @@ func hasRelease(n *Node, sha string) bool {
 	return false
 }
 
+// nodeFiles renders n's release.files, to go with its delta.
+func (r *Reconciler) nodeFiles(p *Plan, n *Node) ([]byte, error) {
+	if len(p.Manifest.Release.Files) == 0 {
+		return nil, nil
+	}
+	data, err := r.templateData(p, n, p.Commit.SHA)
+	if err != nil {
+		return nil, err
+	}
+	files := map[string][]byte{}
+	for _, f := range p.Manifest.Release.Files {
+		content, err := r.render(p, f, data)
+		if err != nil {
+			return nil, &DeployError{Class: ClassFailure, Phase: "stage", Host: n.Name(), Err: err}
+		}
+		files[path.Clean(f.Path)] = content
+	}
+	return hosts.NodeFiles(files)
+}
+
 // completeRelease links shared files into a release the node already held
-// (one just received has them), then writes the rendered files.
+// (one just received has them), then writes the rendered files, unless
+// they came with the node's delta.
 func (r *Reconciler) completeRelease(ctx context.Context, run *run, n *Node, relink bool) error {
 	p := run.plan
 	sha := p.Commit.SHA
@@ -402,6 +435,9 @@ func (r *Reconciler) completeRelease(ctx context.Context, run *run, n *Node, rel
 		if err := run.exec(ctx, n.Target, "stage", c, nil); err != nil {
 			return &DeployError{Class: classOf(err), Phase: "stage", Host: n.Name(), Err: fmt.Errorf("link shared files: %w", err)}
 		}
+	}
+	if run.hasFiles(n) {
+		return nil
 	}
 	data, err := r.templateData(p, n, sha)
 	if err != nil {
