@@ -113,49 +113,39 @@ cleanup() { rm -rf -- "$tmp"; }
 trap cleanup EXIT
 trap "exit 143" TERM HUP INT
 cp -al -- "$base" "$tmp/release"
-(
-  cd -- "$tmp/release"
-  find . ! -type d ! -type f -delete
-  find . -type f -print0 | sort -z >"$tmp/have"
-)
+cd -- "$tmp/release"
+find . ! -type d ! -type f -delete
+find . -type f -print0 | sort -z >"$tmp/have"
 mkdir -- "$tmp/in"
 read -r answer isum
 if [ "$answer" != delta ]; then
   exit 0
 fi
 tar -xizf - -C "$tmp/in"
-got=$(sha256sum <"$tmp/in/operator/index")
-if [ "${got%% *}" != "$isum" ]; then
-  printf "%s\n" "received index has sha256 ${got%% *}, want $isum" >&2
-  exit 1
-fi
 keep=$tmp/in/operator/keep
 missing=$(comm -z -13 -- "$tmp/have" "$keep" | tr "\0" " ")
 if [ -n "$missing" ]; then
   printf "%s\n" "base ${base##*/} lacks files its index lists: $missing" >&2
   exit 1
 fi
-(
-  cd -- "$tmp/release"
-  comm -z -23 -- "$tmp/have" "$keep" | xargs -0 -r rm -f --
-  find . -mindepth 1 -depth -type d -empty -delete
-)
-mkdir -p -- "$tmp/in/release"
-cp -al --remove-destination -- "$tmp/in/release/." "$tmp/release/"
-if [ -s "$tmp/in/operator/check" ]; then
-  (cd -- "$tmp/release" && sha256sum --quiet --strict -c -- "$tmp/in/operator/check") >&2
+comm -z -23 -- "$tmp/have" "$keep" | xargs -0 -r rm -f --
+find . -mindepth 1 -depth -type d -empty -delete
+if [ -d "$tmp/in/release" ]; then
+  cp -al --remove-destination -- "$tmp/in/release/." "$tmp/release/"
 fi
+printf "%s  %s\n" "$isum" "$tmp/in/operator/index" >>"$tmp/in/operator/check"
+sha256sum --quiet --strict -c -- "$tmp/in/operator/check" >&2
 for p in "$@"; do
   if [ ! -e "$shared/$p" ]; then
     printf "%s\n" "missing $shared/$p" >&2
     exit 1
   fi
   d=$tmp/release/$p
-  mkdir -p -- "${d%/*}"
-  rm -rf -- "$d"
+  [ -d "${d%/*}" ] || mkdir -p -- "${d%/*}"
+  if [ -e "$d" ] || [ -L "$d" ]; then rm -rf -- "$d"; fi
   ln -s -- "$shared/$p" "$d"
 done
-chmod 755 "$tmp/release"
+cd /
 mv -f -- "$tmp/in/operator/index" "$rel.index"
 mv -T -- "$tmp/release" "$rel"`
 

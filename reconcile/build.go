@@ -43,6 +43,8 @@ type run struct {
 	opened []*deltaSession
 	// withFiles are the nodes whose rendered files came with their delta.
 	withFiles map[*Node]bool
+	// predrain is the first node's drain begun with the migration.
+	predrain *predrain
 }
 
 func (run *run) filesSent(n *Node) {

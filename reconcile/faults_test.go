@@ -135,6 +135,12 @@ func TestFailingMigrationSwitchesNothing(t *testing.T) {
 			t.Errorf("%s was restarted by a deploy whose migration failed", n)
 		}
 	}
+	// n1, drained while the migration ran, is back in HAProxy.
+	for server, state := range f.adminStates() {
+		if state != "0" {
+			t.Errorf("after the failed migration HAProxy has %s in admin state %s, want 0 (ready)", server, state)
+		}
+	}
 
 	// A commit that does not compile fails in the build, with the
 	// compiler's words in the log, and touches no node either.

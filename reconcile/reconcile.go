@@ -207,6 +207,7 @@ func (r *Reconciler) deploy(ctx context.Context, trigger string, plan *Plan, pla
 	run := &run{r: r, plan: plan, rec: rec, started: time.Now()}
 	defer func() {
 		run.closeSessions()
+		r.undrain(ctx, run)
 		run.bg.Wait()
 		r.finish(run, err)
 		d := rec.Snapshot()

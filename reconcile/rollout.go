@@ -36,6 +36,7 @@ func (r *Reconciler) migrate(ctx context.Context, run *run) error {
 	}
 	r.report(run, Pending, "migrating")
 	run.progress("migrate: on %s", first.Name())
+	r.startPredrain(ctx, run)
 	env, err := r.releaseEnv(p, first, sha)
 	if err != nil {
 		return err
@@ -52,6 +53,57 @@ func (r *Reconciler) migrate(ctx context.Context, run *run) error {
 	}
 	first.migrated = true
 	return nil
+}
+
+// predrain is the rollout's first node drained in the load balancer while
+// the migration runs: a drain waits for the node's sessions to end, which
+// long-lived WebSockets can make last up to rollout.timeout, and it
+// switches nothing. The rollout takes it (takePredrain); a deploy that ends
+// before, a failed migration's for one, puts the node back (undrain).
+type predrain struct {
+	n    *Node
+	done chan error
+}
+
+func (r *Reconciler) startPredrain(ctx context.Context, run *run) {
+	p := run.plan
+	n := p.Nodes[0]
+	if p.Manifest.LoadBalancer == nil || n.Current == p.Commit.SHA {
+		return
+	}
+	pd := &predrain{n: n, done: make(chan error, 1)}
+	run.rec.Logf(n.Name(), "draining in the load balancer while the migration runs")
+	go func() { pd.done <- r.setLB(ctx, run, n, "drain") }()
+	run.mu.Lock()
+	run.predrain = pd
+	run.mu.Unlock()
+}
+
+// takePredrain returns n's drain started during the migration, if any.
+func (run *run) takePredrain(n *Node) *predrain {
+	run.mu.Lock()
+	defer run.mu.Unlock()
+	if pd := run.predrain; pd != nil && pd.n == n {
+		run.predrain = nil
+		return pd
+	}
+	return nil
+}
+
+// undrain puts back in the load balancer a node drained during the
+// migration that the rollout did not take.
+func (r *Reconciler) undrain(ctx context.Context, run *run) {
+	run.mu.Lock()
+	pd := run.predrain
+	run.predrain = nil
+	run.mu.Unlock()
+	if pd == nil {
+		return
+	}
+	<-pd.done
+	if err := r.setLB(context.WithoutCancel(ctx), run, pd.n, "ready"); err != nil {
+		run.rec.Logf(pd.n.Name(), "back in the load balancer after the migration: %v", err)
+	}
 }
 
 // live is the set of nodes that run the app: the ones the membership check
@@ -155,7 +207,11 @@ func (r *Reconciler) updateNode(ctx context.Context, run *run, n *Node, alive *l
 	fail := func(check string, err error) error {
 		return &DeployError{Class: classOf(err), Phase: "rollout", Host: n.Name(), Check: check, Err: err}
 	}
-	if err := run.timed("drain wait", func() error { return r.setLB(ctx, run, n, "drain") }); err != nil {
+	drain := func() error { return r.setLB(ctx, run, n, "drain") }
+	if pd := run.takePredrain(n); pd != nil { // started with the migration
+		drain = func() error { return <-pd.done }
+	}
+	if err := run.timed("drain wait", drain); err != nil {
 		return fail(checkDrain, err)
 	}
 	if n.Current != "" {
