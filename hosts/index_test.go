@@ -487,7 +487,13 @@ func session(t *testing.T, c Cmd, answer func(Offer) *Delta, extra ...[]byte) (O
 	}
 	offer, err := ReadOffer(bufio.NewReader(stdout))
 	if err == nil && offer.Base != "" {
-		err = SendDelta(stdin, answer(offer), bytes.Join(extra, nil))
+		if d := answer(offer); d != nil {
+			if err = SendLink(stdin); err == nil {
+				err = SendDelta(stdin, d, bytes.Join(extra, nil))
+			}
+		} else {
+			err = SendDelta(stdin, nil, nil)
+		}
 	}
 	stdin.Close()
 	io.Copy(io.Discard, stdout)

@@ -108,6 +108,10 @@ if [ -z "$base" ]; then
 fi
 printf "base %s %s\n" "${base##*/}" "$(wc -c <"$base.index")"
 cat -- "$base.index"
+read -r go
+if [ "$go" != link ]; then
+  exit 0
+fi
 tmp=$(mktemp -d "${rel%/*}/.${rel##*/}.unpack.XXXXXX")
 cleanup() { rm -rf -- "$tmp"; }
 trap cleanup EXIT
@@ -156,9 +160,10 @@ mv -T -- "$tmp/release" "$rel"`
 //  1. It prints "have" when the release exists, "none" when none of bases
 //     (release names, in order of preference) is held with its Index, and
 //     ends; else "base <name> <bytes>" and that base's index (ReadOffer).
-//  2. It hard-links the base into a temporary directory (without its
-//     symbolic links) and lists its files while the operator reads the
-//     artifact and makes the Delta, then reads a line: "delta
+//  2. It reads a line: "link" (SendLink), and hard-links the base into a
+//     temporary directory (without its symbolic links) and lists its files
+//     while the operator reads the artifact and makes the Delta, then
+//     reads another line: "delta
 //     <sha256 of the new index>" and the payload follow (SendDelta), or
 //     anything else, and it ends leaving nothing (the operator sends the
 //     release whole instead, with Receive).
@@ -244,7 +249,13 @@ func ReadOffer(r *bufio.Reader) (Offer, error) {
 	}
 }
 
-// SendDelta writes the answer to an offer that brings d: the line, then
+// SendLink tells a ReceiveDelta command to start linking its base.
+func SendLink(w io.Writer) error {
+	_, err := io.WriteString(w, "link\n")
+	return err
+}
+
+// SendDelta writes the answer to an offer that brings d (after SendLink): the line, then
 // the payload, then extra (NodeFiles: the node's own files, or nothing).
 // A nil d declines it (the release is sent whole instead).
 func SendDelta(w io.Writer, d *Delta, extra []byte) error {
@@ -274,7 +285,7 @@ func NodeFiles(files map[string][]byte) ([]byte, error) {
 	var buf bytes.Buffer
 	zw, _ := gzip.NewWriterLevel(&buf, gzip.BestSpeed)
 	tw := tar.NewWriter(zw)
-	now := time.Now()
+	now := time.Now().Truncate(time.Second)
 	for _, name := range slices.Sorted(maps.Keys(files)) {
 		p, ok := indexPath(name)
 		if !ok || p != name {

@@ -36,9 +36,11 @@ type run struct {
 	// deploy waits for it before its outcome.
 	bg sync.WaitGroup
 
-	// ahead delivers the delta sessions stageAhead opened; opened holds
-	// every delta session, for closeSessions.
+	// ahead delivers the delta sessions stageAhead opened, early holds
+	// them once linkAhead took them; opened holds every delta session,
+	// for closeSessions.
 	ahead  chan []*deltaSession
+	early  []*deltaSession
 	mu     sync.Mutex
 	opened []*deltaSession
 	// withFiles are the nodes whose rendered files came with their delta.
@@ -186,7 +188,7 @@ func (r *Reconciler) build(ctx context.Context, run *run) error {
 	if read.err != nil {
 		return read.err
 	}
-	// The build steps take seconds: the nodes get ready for the stage
+	// The build steps take seconds: the nodes offer their bases
 	// meanwhile.
 	r.stageAhead(ctx, run)
 	recorded := hosts.ParseSteps(read.out)
@@ -233,6 +235,7 @@ func (r *Reconciler) build(ctx context.Context, run *run) error {
 		}
 	}
 	run.builtIn = ws
+	run.linkAhead()
 	if c, err = ws.StoreArtifact(sha, p.Manifest.Build.Artifact); err != nil {
 		return err
 	}

@@ -149,8 +149,9 @@ type deltaSession struct {
 	done  chan error
 	// err is why the session failed before its answer; it has ended then.
 	err error
-	// answered is set once the session has its answer or has ended.
-	answered atomic.Bool
+	// answered is set once the session has its answer or has ended;
+	// linked once it was told to link its base.
+	answered, linked atomic.Bool
 }
 
 // openDelta starts a ReceiveDelta command on n, offering the release it
@@ -208,6 +209,14 @@ func (s *deltaSession) key() string {
 	return s.offer.Base + "@" + hex.EncodeToString(sum[:8])
 }
 
+// link tells the node to link its base, once.
+func (s *deltaSession) link() {
+	if s.answered.Load() || s.linked.Swap(true) {
+		return
+	}
+	hosts.SendLink(s.in)
+}
+
 // decline answers the offer with no delta: the command ends leaving
 // nothing, and the node is to receive the release whole.
 func (s *deltaSession) decline() {
@@ -226,7 +235,11 @@ func (s *deltaSession) send(run *run, d *hosts.Delta, extra []byte) error {
 		return fmt.Errorf("stage on %s: delta session already answered", s.n.Name())
 	}
 	started := time.Now()
-	werr := hosts.SendDelta(s.in, d, extra)
+	var werr error
+	if !s.linked.Swap(true) {
+		werr = hosts.SendLink(s.in)
+	}
+	werr = errOr(werr, hosts.SendDelta(s.in, d, extra))
 	s.in.Close()
 	err := errOr(<-s.done, werr)
 	if err != nil {
@@ -330,9 +343,12 @@ func lacking(p *Plan) []*Node {
 }
 
 // stageAhead opens the delta sessions of the nodes that lack the release
-// when the build steps start, so that the nodes link their bases while
-// they run; stage takes them (sessions), and a deploy that ends before its
-// stage declines them (closeSessions).
+// when the build steps start, so that their offers are in when the build
+// ends; linkAhead then has the nodes link their bases while the operator
+// reads the artifact. Not earlier: where hosts share disks and CPUs (the
+// test bed) linking thousands of files slows the build. stage takes the
+// sessions (sessions), and a deploy that ends before its stage declines
+// them (closeSessions).
 func (r *Reconciler) stageAhead(ctx context.Context, run *run) {
 	nodes := lacking(run.plan)
 	if len(nodes) == 0 {
@@ -343,17 +359,34 @@ func (r *Reconciler) stageAhead(ctx context.Context, run *run) {
 	run.ahead = ahead
 }
 
-// sessions returns the delta sessions of nodes, opened ahead or now.
+// linkAhead has the sessions stageAhead opened start linking their bases.
+func (run *run) linkAhead() {
+	if run.ahead == nil {
+		return
+	}
+	run.early = <-run.ahead
+	run.ahead = nil
+	for _, s := range run.early {
+		s.link()
+	}
+}
+
+// sessions returns the delta sessions of nodes, opened ahead or now, each
+// told to link its base.
 func (r *Reconciler) sessions(ctx context.Context, run *run, nodes []*Node) []*deltaSession {
-	if run.ahead != nil {
-		ss := <-run.ahead
-		run.ahead = nil
+	run.linkAhead()
+	if ss := run.early; ss != nil {
+		run.early = nil
 		if len(ss) == len(nodes) {
 			return ss
 		}
 		closeAll(ss) // not expected: the plan did not change
 	}
-	return r.openDeltas(ctx, run, nodes)
+	ss := r.openDeltas(ctx, run, nodes)
+	for _, s := range ss {
+		s.link()
+	}
+	return ss
 }
 
 // openDeltas opens a delta session on every node of nodes at once.
