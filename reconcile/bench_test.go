@@ -905,8 +905,8 @@ func variantReport(w io.Writer, res *variantResult) {
 		}
 		what := map[string]string{
 			"build":   "build: workspace prepared in the push's session, push, checkout (step inputs read meanwhile), step records, artifact kept",
-			"stage":   "stage: the artifact read once by the operator (its index, the files changed against each node's release), a delta to each node, which hard-linked the rest during the build (or the artifact streamed whole into an unpack), vm.args",
-			"migrate": "migrate: the app's `release.migrate` command (boots a VM), its marker written by the same command",
+			"stage":   "stage: the artifact read once by the operator (its index, the files changed against each node's release), a delta with its vm.args to each node, which hard-linked the rest meanwhile (or the artifact streamed whole into an unpack)",
+			"migrate": "migrate: the app's `release.migrate` command (boots a VM), its marker written by the same command; the first node drains in HAProxy meanwhile",
 			"rollout": "rollout: switch `current` (with the previous-release record), HAProxy ready",
 			"prune":   "prune: old releases",
 		}[ph.Name]
