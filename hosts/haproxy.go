@@ -44,6 +44,15 @@ func (h HAProxy) SetState(backend, server, state string) (Cmd, error) {
 	return h.command("set server " + backend + "/" + server + " state " + state)
 }
 
+// CheckSet reads what HAProxy answered a SetState command: nothing when it
+// did it, else why not (such as "No such server."), as an error.
+func CheckSet(out []byte) error {
+	if reply := strings.TrimSpace(string(out)); reply != "" {
+		return fmt.Errorf("haproxy refused: %s", firstLine(reply))
+	}
+	return nil
+}
+
 // ShowStat returns the command that prints HAProxy's statistics as CSV;
 // ParseStat reads a server's line from it.
 func (h HAProxy) ShowStat() (Cmd, error) { return h.command("show stat") }

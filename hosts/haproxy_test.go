@@ -42,8 +42,13 @@ func TestHAProxyOnAHost(t *testing.T) {
 	p := newPool(t, b, nil)
 	h := HAProxy{Socket: testbed.HAProxySocket}
 	set, _ := h.SetState("chat", "n1", "drain")
-	if _, err := p.Output(ctx, target(b, "lb"), set); err != nil {
-		t.Fatal(err)
+	if out, err := p.Output(ctx, target(b, "lb"), set); err != nil || CheckSet(out) != nil {
+		t.Fatalf("drain n1: %v, %v", err, CheckSet(out))
+	}
+	// HAProxy answers a command it refuses on stdout, and socat exits 0.
+	unknown, _ := h.SetState("chat", "n9", "drain")
+	if out, err := p.Output(ctx, target(b, "lb"), unknown); err != nil || CheckSet(out) == nil || !strings.Contains(CheckSet(out).Error(), "No such server") {
+		t.Errorf("drain of an unknown server: %v, %v", err, CheckSet(out))
 	}
 	show, _ := h.ShowStat()
 	out, err := p.Output(ctx, target(b, "lb"), show)

@@ -656,8 +656,13 @@ func (r *Reconciler) setLB(ctx context.Context, run *run, n *Node, state string)
 	if err != nil {
 		return err
 	}
-	if err := run.exec(ctx, lbHost, "haproxy", c, nil); err != nil {
+	out, err := run.output(ctx, lbHost, c)
+	if err != nil {
 		return err
+	}
+	if err := hosts.CheckSet(out); err != nil {
+		run.rec.Logf(lbHost.Name, "%v", err)
+		return fmt.Errorf("set %s %s in %s: %w", n.Name(), state, lb.HAProxy.Backend, err)
 	}
 	if state != "drain" {
 		return nil
