@@ -148,19 +148,24 @@ func (l Layout) Unpack(name, tarball string) (Cmd, error) {
 	return named("unpack", unpackScript, l.ReleaseDir(name), localPath(tarball)), nil
 }
 
-const linkScript = `set -e
-rel=$1 shared=$2
-shift 2
-for p in "$@"; do
+// linkLoop makes "$into/$p" a link to "$shared/$p" for every argument p,
+// stopping at a shared file that does not exist. The scripts that make a
+// release end with it.
+const linkLoop = `for p in "$@"; do
   if [ ! -e "$shared/$p" ]; then
     printf "%s\n" "missing $shared/$p" >&2
     exit 1
   fi
-  d=$rel/$p
-  mkdir -p -- "${d%/*}"
-  rm -rf -- "$d"
+  d=$into/$p
+  [ -d "${d%/*}" ] || mkdir -p -- "${d%/*}"
+  if [ -e "$d" ] || [ -L "$d" ]; then rm -rf -- "$d"; fi
   ln -s -- "$shared/$p" "$d"
 done`
+
+const linkScript = `set -e
+into=$1 shared=$2
+shift 2
+` + linkLoop
 
 // LinkShared makes <release>/<p> a symlink to <deploy_to>/shared/<p> for
 // every p of paths, making parent directories and replacing whatever the

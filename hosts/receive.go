@@ -42,16 +42,8 @@ if [ "$got" != "$want" ]; then
   printf "%s\n" "received bytes have sha256 $got, want $want" >&2
   exit 1
 fi
-for p in "$@"; do
-  if [ ! -e "$shared/$p" ]; then
-    printf "%s\n" "missing $shared/$p" >&2
-    exit 1
-  fi
-  d=$tmp/r/$p
-  mkdir -p -- "${d%/*}"
-  rm -rf -- "$d"
-  ln -s -- "$shared/$p" "$d"
-done
+into=$tmp/r
+` + linkLoop + `
 chmod 755 "$tmp/r"
 mv -T -- "$tmp/r" "$rel"`
 
@@ -139,16 +131,8 @@ if [ -d "$tmp/in/release" ]; then
 fi
 printf "%s  %s\n" "$isum" "$tmp/in/operator/index" >>"$tmp/in/operator/check"
 sha256sum --quiet --strict -c -- "$tmp/in/operator/check" >&2
-for p in "$@"; do
-  if [ ! -e "$shared/$p" ]; then
-    printf "%s\n" "missing $shared/$p" >&2
-    exit 1
-  fi
-  d=$tmp/release/$p
-  [ -d "${d%/*}" ] || mkdir -p -- "${d%/*}"
-  if [ -e "$d" ] || [ -L "$d" ]; then rm -rf -- "$d"; fi
-  ln -s -- "$shared/$p" "$d"
-done
+into=$tmp/release
+` + linkLoop + `
 cd /
 mv -f -- "$tmp/in/operator/index" "$rel.index"
 mv -T -- "$tmp/release" "$rel"`

@@ -92,17 +92,7 @@ func TestReceiveRuns(t *testing.T) {
 		return err
 	}
 	// nothing but the releases: no temporary directory is left behind.
-	entries := func(t *testing.T, l Layout) []string {
-		es, err := os.ReadDir(l.Releases())
-		if err != nil {
-			t.Fatal(err)
-		}
-		var names []string
-		for _, e := range es {
-			names = append(names, e.Name())
-		}
-		return names
-	}
+	entries := func(t *testing.T, l Layout) []string { return entriesOf(t, l.Releases()) }
 
 	t.Run("whole", func(t *testing.T) {
 		l := setup(t)
