@@ -142,9 +142,8 @@ var DefaultDeltaLimits = DeltaLimits{File: 64 << 20, Payload: 256 << 20}
 // name, the Delta that turns that base into the release. Paths under links
 // (release.links) are left out of both, index and delta: the node makes
 // them shared links, so an index says what a node's release holds from
-// the artifact. A base whose
-// delta would pass the limits is left out of the map: its nodes get the
-// whole artifact. The bytes read must hash to sum, or nothing is returned:
+// the artifact. A base whose delta would pass the limits is left out of
+// the map: its nodes get the whole artifact. The bytes read must hash to sum, or nothing is returned:
 // a payload is only ever made from the artifact that was built. An
 // artifact a delta cannot carry returns ErrNoDelta (its index too is nil).
 func Deltas(r io.Reader, sum string, bases map[string]Index, links []string, limits DeltaLimits) (Index, map[string]*Delta, error) {
@@ -235,38 +234,11 @@ func Deltas(r io.Reader, sum string, bases map[string]Index, links []string, lim
 		if b.failed {
 			continue
 		}
-		// The check list covers the files sent. Those linked from the base
-		// were checked when the base was staged, and a release is never
-		// written to in place (see ReceiveDelta); hashing them all again
-		// would cost more than linking them.
-		var keep, check bytes.Buffer
-		for _, p := range slices.Sorted(maps.Keys(b.sent)) {
-			fmt.Fprintf(&check, "%s  ./%s\n", ix[p].Sum, p)
-		}
-		for _, p := range slices.Sorted(maps.Keys(b.keep)) {
-			keep.WriteString("./" + p + "\x00")
-		}
-		b.delta.Linked = len(b.keep)
-		for _, f := range []struct {
-			name string
-			data []byte
-		}{{"operator/index", index}, {"operator/keep", keep.Bytes()}, {"operator/check", check.Bytes()}} {
-			if err := b.tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: f.name, Mode: 0o600, Size: int64(len(f.data))}); err != nil {
-				return nil, nil, err
-			}
-			if _, err := b.tw.Write(f.data); err != nil {
-				return nil, nil, err
-			}
-		}
-		if err := b.tw.Close(); err != nil {
+		d, err := b.finish(ix, index, hex.EncodeToString(isum[:]))
+		if err != nil {
 			return nil, nil, err
 		}
-		if err := b.zw.Close(); err != nil {
-			return nil, nil, err
-		}
-		b.delta.Payload = b.buf.Bytes()
-		b.delta.IndexSum = hex.EncodeToString(isum[:])
-		deltas[name] = b.delta
+		deltas[name] = d
 	}
 	return ix, deltas, nil
 }
@@ -365,6 +337,43 @@ type deltaBuilder struct {
 	sent   map[string]bool // files in the payload
 	delta  *Delta
 	failed bool
+}
+
+// finish ends the payload with the new index, the files to keep and the
+// check list, and returns the Delta.
+func (b *deltaBuilder) finish(ix Index, index []byte, indexSum string) (*Delta, error) {
+	// The check list covers the files sent. Those linked from the base
+	// were checked when the base was staged, and a release is never
+	// written to in place (see ReceiveDelta); hashing them all again
+	// would cost more than linking them.
+	var keep, check bytes.Buffer
+	for _, p := range slices.Sorted(maps.Keys(b.sent)) {
+		fmt.Fprintf(&check, "%s  ./%s\n", ix[p].Sum, p)
+	}
+	for _, p := range slices.Sorted(maps.Keys(b.keep)) {
+		keep.WriteString("./" + p + "\x00")
+	}
+	for _, f := range []struct {
+		name string
+		data []byte
+	}{{"operator/index", index}, {"operator/keep", keep.Bytes()}, {"operator/check", check.Bytes()}} {
+		if err := b.tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: f.name, Mode: 0o600, Size: int64(len(f.data))}); err != nil {
+			return nil, fmt.Errorf("delta payload: %w", err)
+		}
+		if _, err := b.tw.Write(f.data); err != nil {
+			return nil, fmt.Errorf("delta payload: %w", err)
+		}
+	}
+	if err := b.tw.Close(); err != nil {
+		return nil, fmt.Errorf("delta payload: %w", err)
+	}
+	if err := b.zw.Close(); err != nil {
+		return nil, fmt.Errorf("delta payload: %w", err)
+	}
+	b.delta.Linked = len(b.keep)
+	b.delta.Payload = b.buf.Bytes()
+	b.delta.IndexSum = indexSum
+	return b.delta, nil
 }
 
 // add writes a directory (content nil) or a file of the artifact under

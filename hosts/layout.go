@@ -53,7 +53,7 @@ func (l Layout) Releases() string { return path.Join(path.Clean(l.DeployTo), "re
 func (l Layout) ReleaseDir(name string) string { return path.Join(l.Releases(), name) }
 
 // Tarball returns where the artifact of release name is staged before it is
-// unpacked: beside the release directories, which ListReleases and the
+// unpacked: beside the release directories, which Observe and the
 // release count ignore (it is a file) and Prune removes with its release.
 func (l Layout) Tarball(name string) string { return l.ReleaseDir(name) + ".tar.gz" }
 
@@ -178,15 +178,25 @@ func (l Layout) LinkShared(name string, paths []string) (Cmd, error) {
 	if err := validRelease(name); err != nil {
 		return Cmd{}, err
 	}
-	args := []string{l.ReleaseDir(name), l.Shared()}
-	for _, p := range paths {
+	links, err := linkArgs(paths)
+	if err != nil {
+		return Cmd{}, err
+	}
+	return named("link-shared", linkScript, append([]string{l.ReleaseDir(name), l.Shared()}, links...)...), nil
+}
+
+// linkArgs checks release.links and cleans them into the arguments of
+// linkLoop.
+func linkArgs(links []string) ([]string, error) {
+	var args []string
+	for _, p := range links {
 		c, err := relPath(p)
 		if err != nil {
-			return Cmd{}, fmt.Errorf("link %w", err)
+			return nil, fmt.Errorf("link %w", err)
 		}
 		args = append(args, c)
 	}
-	return named("link-shared", linkScript, args...), nil
+	return args, nil
 }
 
 const writeScript = `set -e
@@ -270,7 +280,7 @@ mv -fT -- "$tmp" "$1/current"`
 // Switch points current at release name in one rename (a symlink made under
 // a temporary name, then moved over current), so current always names a
 // whole release. It refuses a release that is not staged, and touches the
-// release so ListReleases orders it as the newest.
+// release so Observe orders it as the newest.
 func (l Layout) Switch(name string) (Cmd, error) {
 	root, err := l.root()
 	if err != nil {
@@ -295,30 +305,14 @@ func (l Layout) SwitchFrom(name, previous, record string) (Cmd, error) {
 			return Cmd{}, err
 		}
 	}
-	if !path.IsAbs(record) || strings.ContainsAny(record, "\n\x00") {
+	if !path.IsAbs(record) {
 		return Cmd{}, fmt.Errorf("switch record %q: want an absolute path", record)
 	}
 	return named("switch", switchScript, root, l.ReleaseDir(name), previous, path.Clean(record)), nil
 }
 
-const readCurrentScript = `if [ -L "$1" ]; then
-  readlink -- "$1"
-elif [ -e "$1" ]; then
-  printf "%s\n" "$1 is not a symlink" >&2
-  exit 1
-fi`
-
-// ReadCurrent returns the command that prints where current points, or
-// nothing when there is no current (a host never deployed to). Its output
-// goes to ParseCurrent.
-func (l Layout) ReadCurrent() (Cmd, error) {
-	if _, err := l.root(); err != nil {
-		return Cmd{}, err
-	}
-	return named("read-current", readCurrentScript, l.Current()), nil
-}
-
-// ParseCurrent reads ReadCurrent's output as the name of the live release,
+// ParseCurrent reads where current points (Observe's first line) as the
+// name of the live release,
 // "" when there is none. A current that points outside releases/ (changed by
 // hand) is an error: the host is not in a state the operator understands.
 func (l Layout) ParseCurrent(out []byte) (string, error) {
@@ -338,14 +332,15 @@ func (l Layout) ParseCurrent(out []byte) (string, error) {
 }
 
 const observeScript = `set -e
+export LC_ALL=C
+cur=
 if [ -L "$1/current" ]; then
-  printf "%s\n" "$(readlink -- "$1/current")"
+  cur=$(readlink -- "$1/current")
 elif [ -e "$1/current" ]; then
   printf "%s\n" "$1/current is not a symlink" >&2
   exit 1
-else
-  printf "\n"
 fi
+printf "%s %s\n" "${#cur}" "$cur"
 if [ -d "$2" ]; then
   (
     cd -P -- "$2"
@@ -378,7 +373,8 @@ type Observed struct {
 }
 
 // Observe returns the command that prints, in one session, where current
-// points (as ReadCurrent), the releases (as ListReleases) and the first
+// points (for ParseCurrent), the release directories with their
+// modification times (for ParseReleases) and the first
 // line of each of the record files (absolute paths, such as the previous
 // release's record); ParseObserve reads it.
 func (l Layout) Observe(records ...string) (Cmd, error) {
@@ -388,7 +384,7 @@ func (l Layout) Observe(records ...string) (Cmd, error) {
 	}
 	args := []string{root, l.Releases()}
 	for _, r := range records {
-		if !path.IsAbs(r) || strings.ContainsAny(r, "\n\x00") {
+		if !path.IsAbs(r) {
 			return Cmd{}, fmt.Errorf("observe record %q: want an absolute path", r)
 		}
 		args = append(args, path.Clean(r))
@@ -399,14 +395,17 @@ func (l Layout) Observe(records ...string) (Cmd, error) {
 // ParseObserve reads Observe's output, given as many records.
 func (l Layout) ParseObserve(out []byte, records int) (Observed, error) {
 	var o Observed
-	cur, rest, ok := strings.Cut(string(out), "\n")
-	if !ok {
+	// Where current points comes first, as "<bytes> <target>", since
+	// deploy_to may hold a newline.
+	size, rest, _ := strings.Cut(string(out), " ")
+	n, err := strconv.Atoi(size)
+	if err != nil || n < 0 || n >= len(rest) || rest[n] != '\n' {
 		return o, fmt.Errorf("observe: %.60q: no current line", out)
 	}
-	var err error
-	if o.Current, err = l.ParseCurrent([]byte(cur)); err != nil {
+	if o.Current, err = l.ParseCurrent([]byte(rest[:n])); err != nil {
 		return o, err
 	}
+	rest = rest[n+1:]
 	listing, recs, ok := strings.Cut(rest, "--\n")
 	if !ok {
 		return o, fmt.Errorf("observe: %.60q: no end of the release listing", rest)
@@ -434,25 +433,8 @@ func (l Layout) ParseObserve(out []byte, records int) (Observed, error) {
 	return o, nil
 }
 
-const listScript = `set -e
-if [ ! -d "$1" ]; then exit 0; fi
-cd -P -- "$1"
-for d in *; do
-  if [ -d "$d" ] && [ ! -L "$d" ]; then
-    stat -c "%Y %n" -- "$d"
-  fi
-done`
-
-// ListReleases returns the command that prints every release directory with
-// its modification time; its output goes to ParseReleases.
-func (l Layout) ListReleases() (Cmd, error) {
-	if _, err := l.root(); err != nil {
-		return Cmd{}, err
-	}
-	return named("list-releases", listScript, l.Releases()), nil
-}
-
-// ParseReleases reads ListReleases' output, newest first (then by name, so
+// ParseReleases reads Observe's release listing ("<unix time> <name>" a
+// line), newest first (then by name, so
 // the order is total).
 func ParseReleases(out []byte) ([]Release, error) {
 	var rs []Release
@@ -494,7 +476,7 @@ done
 exit $status`
 
 // Prune removes everything under releases/ but the releases named in keep
-// (computed by the caller from ListReleases: keep_releases, the current and
+// (computed by the caller from Observe: keep_releases, the current and
 // the previous one) and their tarballs and indexes; leftovers of interrupted unpacks go
 // too. Whatever current points at is kept even when keep forgets it. It
 // prints each name it removed. It must not run while a release is being

@@ -98,9 +98,9 @@ func TestLayoutOnHost(t *testing.T) {
 		}
 
 		run(l.Switch(rel))
-		cur, err := l.ParseCurrent([]byte(run(l.ReadCurrent())))
-		if err != nil || cur != rel {
-			t.Errorf("current: got %q, %v; want %q", cur, err, rel)
+		o, err := l.ParseObserve([]byte(run(l.Observe())), 0)
+		if err != nil || o.Current != rel {
+			t.Errorf("current: got %q, %v; want %q", o.Current, err, rel)
 		}
 	}
 
@@ -114,12 +114,12 @@ func TestLayoutOnHost(t *testing.T) {
 		t.Errorf("release command: got %q, want %q", out, want)
 	}
 
-	rs, err := ParseReleases([]byte(run(l.ListReleases())))
+	o, err := l.ParseObserve([]byte(run(l.Observe())), 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var names []string
-	for _, r := range rs {
+	for _, r := range o.Releases {
 		names = append(names, r.Name)
 	}
 	slices.Sort(names)
@@ -146,8 +146,8 @@ func TestLayoutOnHost(t *testing.T) {
 			t.Errorf("a release name ran as code: %s/pwned exists", dir)
 		}
 	}
-	if cur, err := l.ParseCurrent([]byte(run(l.ReadCurrent()))); err != nil || cur != rel2 {
-		t.Errorf("current after prune: got %q, %v; want %q", cur, err, rel2)
+	if o, err := l.ParseObserve([]byte(run(l.Observe())), 0); err != nil || o.Current != rel2 {
+		t.Errorf("current after prune: got %q, %v; want %q", o.Current, err, rel2)
 	}
 }
 
@@ -155,11 +155,15 @@ func TestLayoutFreshHost(t *testing.T) {
 	b := testbed.Start(t, "n1")
 	p := newPool(t, b, nil)
 	l := Layout{DeployTo: "/srv/never-deployed"}
-	for _, build := range []func() (Cmd, error){l.ReadCurrent, l.ListReleases, func() (Cmd, error) { return l.Prune(nil) }} {
-		c, _ := build()
-		out, err := p.Output(t.Context(), target(b, "n1"), c)
-		if err != nil || len(out) != 0 {
-			t.Errorf("%s: got %q, %v; want no output and no error", c.Redacted(), out, err)
-		}
+	c, _ := l.Prune(nil)
+	out, err := p.Output(t.Context(), target(b, "n1"), c)
+	if err != nil || len(out) != 0 {
+		t.Errorf("%s: got %q, %v; want no output and no error", c.Redacted(), out, err)
+	}
+	c, _ = l.Observe()
+	out, err = p.Output(t.Context(), target(b, "n1"), c)
+	o, perr := l.ParseObserve(out, 0)
+	if err != nil || perr != nil || o.Current != "" || len(o.Releases) != 0 {
+		t.Errorf("%s: got %q, %v, %v; want no current, no release and no error", c.Redacted(), out, err, perr)
 	}
 }

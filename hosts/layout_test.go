@@ -22,7 +22,7 @@ func sh(script, quotedArgs string) string {
 func TestScriptsHoldNoSingleQuote(t *testing.T) {
 	for name, s := range map[string]string{
 		"unpack": unpackScript, "link": linkScript, "write": writeScript, "sum": sumScript,
-		"switch": switchScript, "readCurrent": readCurrentScript, "list": listScript, "prune": pruneScript,
+		"switch": switchScript, "prune": pruneScript,
 		"receive": receiveScript, "receiveDelta": receiveDeltaScript, "observe": observeScript, "recordAfter": recordAfterScript,
 	} {
 		if strings.Contains(s, "'") {
@@ -60,8 +60,7 @@ func TestLayoutBuilders(t *testing.T) {
 			sh(writeScript, "'/srv/it'\\''s $(x)\n`y`\xff/releases/"+sha+"/-a/it'\\''s\n' '0600' '"+sum+"'")},
 		{"switch", build(plain.Switch(sha)), sh(switchScript, "'/srv/chat' '/srv/chat/releases/"+sha+"'")},
 		{"switch hostile", build(evil.Switch("`x` y")), sh(switchScript, "'/srv/it'\\''s $(x)\n`y`\xff' '/srv/it'\\''s $(x)\n`y`\xff/releases/`x` y'")},
-		{"read current", build(plain.ReadCurrent()), sh(readCurrentScript, "'/srv/chat/current'")},
-		{"list releases", build(plain.ListReleases()), sh(listScript, "'/srv/chat/releases'")},
+		{"observe", build(plain.Observe("/srv/chat/.operator/previous")), sh(observeScript, "'/srv/chat' '/srv/chat/releases' '/srv/chat/.operator/previous'")},
 		{"prune", build(plain.Prune([]string{"a", "b"})),
 			sh(pruneScript, "'/srv/chat/releases' '/srv/chat/current' 'a' 'a.tar.gz' 'a.index' 'b' 'b.tar.gz' 'b.index'")},
 		{"prune hostile keep", build(plain.Prune([]string{"it's $(x)"})),
@@ -91,7 +90,7 @@ func TestLayoutRefuses(t *testing.T) {
 		want  string
 	}{
 		{"relative deploy_to", func() (Cmd, error) { return Layout{DeployTo: "chat"}.Prepare() }, `deploy_to "chat" is not an absolute path`},
-		{"empty deploy_to", func() (Cmd, error) { return Layout{}.ReadCurrent() }, `deploy_to "" is not an absolute path`},
+		{"empty deploy_to", func() (Cmd, error) { return Layout{}.Observe() }, `deploy_to "" is not an absolute path`},
 		{"release with slash", func() (Cmd, error) { return l.Switch("abc/../../etc") }, "holds a slash"},
 		{"release dot-dot", func() (Cmd, error) { return l.Unpack("..", "/x") }, "starts with a dot"},
 		{"hidden release", func() (Cmd, error) { return l.Unpack(".abc", "/x") }, "starts with a dot"},

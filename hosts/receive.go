@@ -68,15 +68,11 @@ func (l Layout) Receive(name, sum string, links []string) (Cmd, error) {
 	if !validSum(sum) {
 		return Cmd{}, fmt.Errorf("receive %s: sha256 %q is not 64 lowercase hex digits", name, sum)
 	}
-	args := []string{l.ReleaseDir(name), sum, l.Shared()}
-	for _, p := range links {
-		c, err := relPath(p)
-		if err != nil {
-			return Cmd{}, fmt.Errorf("link %w", err)
-		}
-		args = append(args, c)
+	paths, err := linkArgs(links)
+	if err != nil {
+		return Cmd{}, err
 	}
-	return named("receive", receiveScript, args...), nil
+	return named("receive", receiveScript, append([]string{l.ReleaseDir(name), sum, l.Shared()}, paths...)...), nil
 }
 
 const receiveDeltaScript = `set -e
@@ -183,14 +179,11 @@ func (l Layout) ReceiveDelta(name string, bases, links []string) (Cmd, error) {
 		}
 		args = append(args, l.ReleaseDir(b))
 	}
-	for _, p := range links {
-		c, err := relPath(p)
-		if err != nil {
-			return Cmd{}, fmt.Errorf("link %w", err)
-		}
-		args = append(args, c)
+	paths, err := linkArgs(links)
+	if err != nil {
+		return Cmd{}, err
 	}
-	return named("receive-delta", receiveDeltaScript, args...), nil
+	return named("receive-delta", receiveDeltaScript, append(args, paths...)...), nil
 }
 
 // Offer is what a ReceiveDelta command offers to build on.

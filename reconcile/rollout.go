@@ -59,7 +59,8 @@ func (r *Reconciler) migrate(ctx context.Context, run *run) error {
 // the migration runs: a drain waits for the node's sessions to end, which
 // long-lived WebSockets can make last up to rollout.timeout, and it
 // switches nothing. The rollout takes it (takePredrain); a deploy that ends
-// before, a failed migration's for one, puts the node back (undrain).
+// before its rollout (a failed migration, for one) puts the node back
+// (undrain).
 type predrain struct {
 	n    *Node
 	done chan error

@@ -86,8 +86,8 @@ func (r *Reconciler) receive(ctx context.Context, run *run, nodes []*Node) error
 			ns[k] = nodes[i]
 		}
 		wg.Go(func() {
-			for n, err := range r.receiveWhole(ctx, run, ns) {
-				errs[idx[slices.Index(ns, n)]] = err
+			for k, err := range r.receiveWhole(ctx, run, ns) {
+				errs[idx[k]] = err
 			}
 		})
 	}
@@ -125,11 +125,14 @@ func (r *Reconciler) receive(ctx context.Context, run *run, nodes []*Node) error
 	}
 	wg.Wait()
 	if index != nil {
-		forEach(nodes, func(n *Node) error {
-			i := slices.Index(nodes, n)
-			if errs[i] == nil && (slices.Contains(whole, i) || slices.Contains(late, i)) {
-				r.keepIndex(ctx, run, n, index)
+		var received []*Node // whole, the index to follow
+		for _, i := range append(whole, late...) {
+			if errs[i] == nil {
+				received = append(received, nodes[i])
 			}
+		}
+		forEach(received, func(n *Node) error {
+			r.keepIndex(ctx, run, n, index)
 			return nil
 		})
 	}
@@ -281,16 +284,16 @@ func (r *Reconciler) readArtifact(ctx context.Context, run *run, bases map[strin
 }
 
 // receiveWhole streams the artifact from the build host into an unpack on
-// every node of ns at once, and returns each node's error.
-func (r *Reconciler) receiveWhole(ctx context.Context, run *run, ns []*Node) map[*Node]error {
+// every node of ns at once, and returns each node's error, in ns's order.
+func (r *Reconciler) receiveWhole(ctx context.Context, run *run, ns []*Node) []error {
 	p := run.plan
 	layout := hosts.Layout{DeployTo: p.Env.DeployTo}
 	ws := hosts.Workspace{Dir: p.Manifest.Build.Dir}
-	errs := map[*Node]error{}
+	errs := make([]error, len(ns))
 	receive, err := layout.Receive(p.Commit.SHA, run.artifact, p.Manifest.Release.Links)
 	if err != nil {
-		for _, n := range ns {
-			errs[n] = err
+		for i := range errs {
+			errs[i] = err
 		}
 		return errs
 	}
@@ -306,10 +309,9 @@ func (r *Reconciler) receiveWhole(ctx context.Context, run *run, ns []*Node) map
 	for i, res := range results {
 		if res.Err != nil {
 			run.rec.Logf(res.Target.Name, "release not staged: %v", res.Err)
-			errs[ns[i]] = &DeployError{Class: classOf(res.Err), Phase: "stage", Host: ns[i].Name(), Err: res.Err}
+			errs[i] = &DeployError{Class: classOf(res.Err), Phase: "stage", Host: ns[i].Name(), Err: res.Err}
 			continue
 		}
-		errs[ns[i]] = nil
 		run.rec.Logf(res.Target.Name, "release received from %s and unpacked: %d bytes in %v", p.Build.Name, res.Bytes, res.Duration.Round(time.Millisecond))
 	}
 	return errs
@@ -435,6 +437,20 @@ func hasRelease(n *Node, sha string) bool {
 
 // nodeFiles renders n's release.files, to go with its delta.
 func (r *Reconciler) nodeFiles(p *Plan, n *Node) ([]byte, error) {
+	files, err := r.renderFiles(p, n)
+	if err != nil || len(files) == 0 {
+		return nil, err
+	}
+	byPath := map[string][]byte{}
+	for i, f := range p.Manifest.Release.Files {
+		byPath[path.Clean(f.Path)] = files[i]
+	}
+	return hosts.NodeFiles(byPath)
+}
+
+// renderFiles renders n's release.files from their templates in the repo
+// at the commit being deployed, in the manifest's order.
+func (r *Reconciler) renderFiles(p *Plan, n *Node) ([][]byte, error) {
 	if len(p.Manifest.Release.Files) == 0 {
 		return nil, nil
 	}
@@ -442,15 +458,19 @@ func (r *Reconciler) nodeFiles(p *Plan, n *Node) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	files := map[string][]byte{}
+	var files [][]byte
 	for _, f := range p.Manifest.Release.Files {
-		content, err := r.render(p, f, data)
-		if err != nil {
-			return nil, &DeployError{Class: ClassFailure, Phase: "stage", Host: n.Name(), Err: err}
+		tmpl, err := r.Source.ReadFile(p.Commit.SHA, f.Template)
+		if err == nil {
+			var out string
+			if out, err = manifests.Render(string(tmpl), data); err == nil {
+				files = append(files, []byte(out))
+				continue
+			}
 		}
-		files[path.Clean(f.Path)] = content
+		return nil, &DeployError{Class: ClassFailure, Phase: "stage", Host: n.Name(), Err: fmt.Errorf("release.files %s: %w", f.Template, err)}
 	}
-	return hosts.NodeFiles(files)
+	return files, nil
 }
 
 // completeRelease links shared files into a release the node already held
@@ -472,15 +492,12 @@ func (r *Reconciler) completeRelease(ctx context.Context, run *run, n *Node, rel
 	if run.hasFiles(n) {
 		return nil
 	}
-	data, err := r.templateData(p, n, sha)
+	files, err := r.renderFiles(p, n)
 	if err != nil {
 		return err
 	}
-	for _, f := range p.Manifest.Release.Files {
-		content, err := r.render(p, f, data)
-		if err != nil {
-			return &DeployError{Class: ClassFailure, Phase: "stage", Host: n.Name(), Err: err}
-		}
+	for i, f := range p.Manifest.Release.Files {
+		content := files[i]
 		sum := sha256.Sum256(content)
 		c, err := layout.WriteFile(sha, f.Path, 0o644, hex.EncodeToString(sum[:]))
 		if err != nil {
@@ -491,20 +508,6 @@ func (r *Reconciler) completeRelease(ctx context.Context, run *run, n *Node, rel
 		}
 	}
 	return nil
-}
-
-// render renders one of release.files from its template in the repo at the
-// commit being deployed.
-func (r *Reconciler) render(p *Plan, f manifests.ReleaseFile, data manifests.TemplateData) ([]byte, error) {
-	tmpl, err := r.Source.ReadFile(p.Commit.SHA, f.Template)
-	if err != nil {
-		return nil, fmt.Errorf("release.files %s: %w", f.Template, err)
-	}
-	out, err := manifests.Render(string(tmpl), data)
-	if err != nil {
-		return nil, fmt.Errorf("release.files %s: %w", f.Template, err)
-	}
-	return []byte(out), nil
 }
 
 // forEach runs fn for every node at once and joins the errors.
