@@ -32,7 +32,7 @@ type Release struct {
 	// Name is the directory's name under releases/: the commit SHA.
 	Name string
 	// Modified is the directory's modification time. Unpacking sets it and
-	// Switch refreshes it, so the newest is the last staged or switched to.
+	// SwitchThen refreshes it, so the newest is the last staged or switched to.
 	Modified time.Time
 }
 
@@ -262,6 +262,8 @@ fi`
 // or nothing when there is no file there.
 func Sum(path string) Cmd { return named("sha256", sumScript, fileArg(path)) }
 
+// switchScript points current at "$2" under deploy_to "$1", first writing
+// "$3" to the record file "$4" when "$3" is set.
 const switchScript = `set -e
 if [ ! -d "$2" ]; then
   printf "%s\n" "$2 is not staged" >&2
@@ -277,11 +279,43 @@ tmp=$1/.current.$$
 ln -sfn -- "$2" "$tmp"
 mv -fT -- "$tmp" "$1/current"`
 
-// Switch points current at release name in one rename (a symlink made under
-// a temporary name, then moved over current), so current always names a
-// whole release. It refuses a release that is not staged, and touches the
-// release so Observe orders it as the newest.
-func (l Layout) Switch(name string) (Cmd, error) {
+// switchThenScript runs switchScript, then the command "$6"... in the
+// directory "$5" (none when empty). Past the switch nothing stops it with a
+// non-zero status: set -e ends with the switch.
+const switchThenScript = switchScript + `
+set +e
+dir=$5
+shift 5
+if [ -n "$dir" ] && ! cd -P -- "$dir" 2>/dev/null; then
+  printf "%s\n" "start: cannot enter $dir" >&2
+  exit 0
+fi
+"$@"
+status=$?
+if [ "$status" -ne 0 ]; then
+  printf "%s\n" "start: exit status $status" >&2
+fi
+exit 0`
+
+// SwitchThen points current at release name in one rename (a symlink made
+// under a temporary name, then moved over current), so current always names
+// a whole release, and then, in the same session, runs then (such as the
+// release's start, a ShellCmd in current): one round trip where a switch and
+// a start would take two. The switch refuses a release that is not staged,
+// and touches the release so Observe orders it as the newest. With previous
+// and record set it first records previous, the release current pointed at,
+// in the file at record (absolute; written whole under a temporary name,
+// then renamed); both are empty for no record.
+//
+// The result exits non-zero only when the switch failed, and then nothing
+// of then ran. Once current is switched it exits 0 whatever then does (a
+// start's exit status says little; the caller checks the node itself): when
+// then exits non-zero it prints "start: exit status N" on stderr, and when
+// then.Dir cannot be entered it prints a line saying so and runs nothing.
+// then.Dir is entered after the switch (cd -P, so current is resolved to the
+// new release), and then.Env is the result's Env: the runner exports it
+// before the whole script, whose switch reads none of its variables.
+func (l Layout) SwitchThen(name, previous, record string, then Cmd) (Cmd, error) {
 	root, err := l.root()
 	if err != nil {
 		return Cmd{}, err
@@ -289,26 +323,27 @@ func (l Layout) Switch(name string) (Cmd, error) {
 	if err := validRelease(name); err != nil {
 		return Cmd{}, err
 	}
-	return named("switch", switchScript, root, l.ReleaseDir(name)), nil
-}
-
-// SwitchFrom is Switch that first records previous, the release current
-// pointed at, in the file at record (written whole under a temporary name,
-// then renamed), in the same session.
-func (l Layout) SwitchFrom(name, previous, record string) (Cmd, error) {
-	root, err := l.root()
-	if err != nil {
-		return Cmd{}, err
-	}
-	for _, n := range []string{name, previous} {
-		if err := validRelease(n); err != nil {
-			return Cmd{}, err
+	if previous != "" || record != "" {
+		if err := validRelease(previous); err != nil {
+			return Cmd{}, fmt.Errorf("previous %w", err)
 		}
+		if !path.IsAbs(record) {
+			return Cmd{}, fmt.Errorf("switch record %q: want an absolute path", record)
+		}
+		record = path.Clean(record)
 	}
-	if !path.IsAbs(record) {
-		return Cmd{}, fmt.Errorf("switch record %q: want an absolute path", record)
+	if len(then.Args) == 0 {
+		return Cmd{}, errors.New("switch then: command has no program")
 	}
-	return named("switch", switchScript, root, l.ReleaseDir(name), previous, path.Clean(record)), nil
+	args := append([]string{root, l.ReleaseDir(name), previous, record, localPath(then.Dir)}, then.Args...)
+	c := script(switchThenScript, args...)
+	c.Env = then.Env
+	c.Label = "switch " + Quote(root) + " " + Quote(l.ReleaseDir(name))
+	if previous != "" {
+		c.Label += " from " + Quote(previous) + " " + Quote(record)
+	}
+	c.Label += " && " + then.Redacted()
+	return c, nil
 }
 
 // ParseCurrent reads where current points (Observe's first line) as the

@@ -97,14 +97,18 @@ func TestLayoutOnHost(t *testing.T) {
 			t.Errorf("temporary files left beside vm.args: %v", entries)
 		}
 
-		run(l.Switch(rel))
+		// The start runs in the release just switched to, in the same session.
+		start := ShellCmd(l.Current(), `bin/app started`, map[string]string{"X": "`x` $y"})
+		if out, want := run(l.SwitchThen(rel, "", "", start)), "app in "+l.ReleaseDir(rel)+" says started `x` $y\n"; out != want {
+			t.Errorf("switch then start: got %q, want %q", out, want)
+		}
 		o, err := l.ParseObserve([]byte(run(l.Observe())), 0)
 		if err != nil || o.Current != rel {
 			t.Errorf("current: got %q, %v; want %q", o.Current, err, rel)
 		}
 	}
 
-	c, _ := l.Switch("never-staged")
+	c, _ := l.SwitchThen("never-staged", "", "", ShellCmd(l.Current(), "bin/app", nil))
 	if err := p.Run(ctx, n1, c, Exec{}); err == nil {
 		t.Error("switched to a release that is not staged")
 	}

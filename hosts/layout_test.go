@@ -22,7 +22,7 @@ func sh(script, quotedArgs string) string {
 func TestScriptsHoldNoSingleQuote(t *testing.T) {
 	for name, s := range map[string]string{
 		"unpack": unpackScript, "link": linkScript, "write": writeScript, "sum": sumScript,
-		"switch": switchScript, "prune": pruneScript,
+		"switchThen": switchThenScript, "prune": pruneScript,
 		"receive": receiveScript, "receiveDelta": receiveDeltaScript, "observe": observeScript, "recordAfter": recordAfterScript,
 	} {
 		if strings.Contains(s, "'") {
@@ -58,8 +58,12 @@ func TestLayoutBuilders(t *testing.T) {
 			sh(writeScript, "'/srv/chat/releases/"+sha+"/releases/vm.args' '0644' '"+sum+"'")},
 		{"write file hostile", build(evil.WriteFile(sha, "-a/it's\n", 0o600, sum)),
 			sh(writeScript, "'/srv/it'\\''s $(x)\n`y`\xff/releases/"+sha+"/-a/it'\\''s\n' '0600' '"+sum+"'")},
-		{"switch", build(plain.Switch(sha)), sh(switchScript, "'/srv/chat' '/srv/chat/releases/"+sha+"'")},
-		{"switch hostile", build(evil.Switch("`x` y")), sh(switchScript, "'/srv/it'\\''s $(x)\n`y`\xff' '/srv/it'\\''s $(x)\n`y`\xff/releases/`x` y'")},
+		{"switch then start", build(plain.SwitchThen(sha, "", "", ShellCmd(plain.Current(), "bin/chat daemon", nil))),
+			sh(switchThenScript, "'/srv/chat' '/srv/chat/releases/"+sha+"' '' '' '/srv/chat/current' 'sh' '-c' 'bin/chat daemon'")},
+		{"switch from previous then start with env", build(plain.SwitchThen(sha, "a", "/srv/chat/.operator//previous", ShellCmd(plain.Current(), "bin/chat daemon", map[string]string{"SECRET": "s"}))),
+			"export 'SECRET=s' && " + sh(switchThenScript, "'/srv/chat' '/srv/chat/releases/"+sha+"' 'a' '/srv/chat/.operator/previous' '/srv/chat/current' 'sh' '-c' 'bin/chat daemon'")},
+		{"switch hostile then relative dir", build(evil.SwitchThen("`x` y", "", "", Cmd{Args: []string{"-x", "it's\n$y"}, Dir: "-d"})),
+			sh(switchThenScript, "'/srv/it'\\''s $(x)\n`y`\xff' '/srv/it'\\''s $(x)\n`y`\xff/releases/`x` y' '' '' './-d' '-x' 'it'\\''s\n$y'")},
 		{"observe", build(plain.Observe("/srv/chat/.operator/previous")), sh(observeScript, "'/srv/chat' '/srv/chat/releases' '/srv/chat/.operator/previous'")},
 		{"prune", build(plain.Prune([]string{"a", "b"})),
 			sh(pruneScript, "'/srv/chat/releases' '/srv/chat/current' 'a' 'a.tar.gz' 'a.index' 'b' 'b.tar.gz' 'b.index'")},
@@ -84,6 +88,7 @@ func TestLayoutBuilders(t *testing.T) {
 
 func TestLayoutRefuses(t *testing.T) {
 	l := Layout{DeployTo: "/srv/chat"}
+	start := ShellCmd(l.Current(), "bin/chat daemon", nil)
 	tests := []struct {
 		name  string
 		build func() (Cmd, error)
@@ -91,10 +96,16 @@ func TestLayoutRefuses(t *testing.T) {
 	}{
 		{"relative deploy_to", func() (Cmd, error) { return Layout{DeployTo: "chat"}.Prepare() }, `deploy_to "chat" is not an absolute path`},
 		{"empty deploy_to", func() (Cmd, error) { return Layout{}.Observe() }, `deploy_to "" is not an absolute path`},
-		{"release with slash", func() (Cmd, error) { return l.Switch("abc/../../etc") }, "holds a slash"},
+		{"release with slash", func() (Cmd, error) { return l.SwitchThen("abc/../../etc", "", "", start) }, "holds a slash"},
+		{"release dot-dot slash", func() (Cmd, error) { return l.SwitchThen("../a", "", "", start) }, "starts with a dot"},
+		{"previous dot-dot slash", func() (Cmd, error) { return l.SwitchThen("b", "../a", "/srv/chat/.operator/previous", start) }, "starts with a dot"},
+		{"relative record", func() (Cmd, error) { return l.SwitchThen("b", "a", "previous", start) }, `switch record "previous": want an absolute path`},
+		{"previous without record", func() (Cmd, error) { return l.SwitchThen("b", "a", "", start) }, `switch record "": want an absolute path`},
+		{"record without previous", func() (Cmd, error) { return l.SwitchThen("b", "", "/srv/chat/.operator/previous", start) }, "previous release name is empty"},
+		{"switch then nothing", func() (Cmd, error) { return l.SwitchThen("b", "", "", Cmd{Dir: "/srv/chat/current"}) }, "no program"},
 		{"release dot-dot", func() (Cmd, error) { return l.Unpack("..", "/x") }, "starts with a dot"},
 		{"hidden release", func() (Cmd, error) { return l.Unpack(".abc", "/x") }, "starts with a dot"},
-		{"empty release", func() (Cmd, error) { return l.Switch("") }, "empty"},
+		{"empty release", func() (Cmd, error) { return l.SwitchThen("", "", "", start) }, "empty"},
 		{"link escaping", func() (Cmd, error) { return l.LinkShared("abc", []string{"a/../../x"}) }, "leaves the release"},
 		{"link absolute", func() (Cmd, error) { return l.LinkShared("abc", []string{"/etc/passwd"}) }, "is absolute"},
 		{"link dot", func() (Cmd, error) { return l.LinkShared("abc", []string{"a/.."}) }, "leaves the release"},
@@ -147,37 +158,124 @@ func TestParseReleases(t *testing.T) {
 	}
 }
 
-// TestSwitchFromRuns runs the switch here with sh: the previous release is
-// recorded and current moved in one command.
-func TestSwitchFromRuns(t *testing.T) {
-	l := Layout{DeployTo: filepath.Join(t.TempDir(), "it's $(x)")}
-	for _, rel := range []string{"a", "b"} {
-		if err := os.MkdirAll(l.ReleaseDir(rel), 0o755); err != nil {
-			t.Fatal(err)
-		}
+func TestSwitchThenLabel(t *testing.T) {
+	plain := Layout{DeployTo: "/srv/chat"}
+	evil := Layout{DeployTo: "/srv/it's $(x)\n"}
+	start := func(l Layout) Cmd {
+		return ShellCmd(l.Current(), "bin/chat daemon", map[string]string{"SECRET": "s'$(x)"})
 	}
-	record := filepath.Join(l.DeployTo, ".operator", "previous")
-	c, err := l.SwitchFrom("b", "a", record)
-	if err != nil {
-		t.Fatal(err)
+	tests := []struct {
+		name             string
+		l                Layout
+		previous, record string
+		want             string
+	}{
+		{"first switch", plain, "", "",
+			"switch '/srv/chat' '/srv/chat/releases/b' && cd -P '/srv/chat/current' && export 'SECRET=…' && exec 'sh' '-c' 'bin/chat daemon'"},
+		{"from previous", plain, "a", "/srv/chat/.operator/previous",
+			"switch '/srv/chat' '/srv/chat/releases/b' from 'a' '/srv/chat/.operator/previous' && cd -P '/srv/chat/current' && export 'SECRET=…' && exec 'sh' '-c' 'bin/chat daemon'"},
+		{"hostile deploy_to", evil, "", "",
+			"switch '/srv/it'\\''s $(x)\n' '/srv/it'\\''s $(x)\n/releases/b' && cd -P '/srv/it'\\''s $(x)\n/current' && export 'SECRET=…' && exec 'sh' '-c' 'bin/chat daemon'"},
 	}
-	if out, err := exec.Command(c.Args[0], c.Args[1:]...).CombinedOutput(); err != nil {
-		t.Fatalf("%v: %s", err, out)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := tt.l.SwitchThen("b", tt.previous, tt.record, start(tt.l))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := c.Redacted(); got != tt.want {
+				t.Errorf("got  %q\nwant %q", got, tt.want)
+			}
+		})
 	}
-	if got, err := os.ReadFile(record); err != nil || string(got) != "a\n" {
-		t.Errorf("previous record %q (%v), want a", got, err)
+}
+
+// TestSwitchThenRuns runs the switch and its command here, rendered as the
+// runner sends it: the command runs in the new release only after a
+// switch that succeeded, and only a failed switch fails the result.
+func TestSwitchThenRuns(t *testing.T) {
+	hostile := "it's \"q\"\n$(x) `y` $HOME"
+	start := func(line string, args ...string) []string { return append([]string{"sh", "-c", line, "sh"}, args...) }
+	tests := []struct {
+		name    string
+		from    string   // where current points before, and the previous release recorded ("" for none)
+		release string   // the release to switch to; only a and b are staged
+		then    []string // the command run after the switch
+		dir     string   // its directory, relative to deploy_to; "" for current
+		fails   bool
+		current string // where current points after
+		ran     string // what the command wrote to $OUT; "" when it must not have run
+		stderr  string // what stderr holds; "" for nothing
+	}{
+		{name: "switch from previous then start", from: "a", release: "b",
+			then: start(`printf "%s\n" "$PWD" "$X" >"$OUT"`), current: "b", ran: "<b>\n`x` $y 'q'\n"},
+		{name: "first switch then start", release: "b",
+			then: start(`printf "%s\n" "$PWD" >"$OUT"`), current: "b", ran: "<b>\n"},
+		{name: "release not staged", from: "a", release: "c",
+			then: start(`echo ran >"$OUT"`), fails: true, current: "a", stderr: "c is not staged"},
+		{name: "start exits 3", from: "a", release: "b",
+			then: start(`echo ran >"$OUT"; exit 3`), current: "b", ran: "ran\n", stderr: "start: exit status 3"},
+		{name: "start argument arrives intact", from: "a", release: "b",
+			then: start(`printf "%s" "$1" >"$OUT"`, hostile), current: "b", ran: hostile},
+		{name: "directory missing", from: "a", release: "b", dir: "missing",
+			then: start(`echo ran >"$OUT"`), current: "b", stderr: "start: cannot enter"},
 	}
-	if got, err := os.Readlink(l.Current()); err != nil || got != l.ReleaseDir("b") {
-		t.Errorf("current -> %q (%v), want %s", got, err, l.ReleaseDir("b"))
-	}
-	for _, bad := range []func() (Cmd, error){
-		func() (Cmd, error) { return l.SwitchFrom("b", "../a", record) },
-		func() (Cmd, error) { return l.SwitchFrom("b", "a", "previous") },
-		func() (Cmd, error) { return l.SwitchFrom("b", "", record) },
-	} {
-		if _, err := bad(); err == nil {
-			t.Error("accepted a bad previous or record")
-		}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tmp, err := filepath.EvalSymlinks(t.TempDir())
+			if err != nil {
+				t.Fatal(err)
+			}
+			l := Layout{DeployTo: filepath.Join(tmp, "it's $(x)")}
+			for _, rel := range []string{"a", "b"} {
+				if err := os.MkdirAll(l.ReleaseDir(rel), 0o755); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if tt.from != "" {
+				if err := os.Symlink(l.ReleaseDir(tt.from), l.Current()); err != nil {
+					t.Fatal(err)
+				}
+			}
+			record, out := "", filepath.Join(l.DeployTo, "out $(x)")
+			if tt.from != "" {
+				record = filepath.Join(l.DeployTo, ".operator", "previous")
+			}
+			then := Cmd{Args: tt.then, Dir: l.Current(), Env: map[string]string{"OUT": out, "X": "`x` $y 'q'"}}
+			if tt.dir != "" {
+				then.Dir = filepath.Join(l.DeployTo, tt.dir)
+			}
+			c, err := l.SwitchThen(tt.release, tt.from, record, then)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cmd := exec.Command("sh", "-c", c.String())
+			var stderr strings.Builder
+			cmd.Stderr = &stderr
+			if err := cmd.Run(); (err != nil) != tt.fails {
+				t.Errorf("exit: %v, want failure %v; stderr %q", err, tt.fails, stderr.String())
+			}
+			if got := stderr.String(); (tt.stderr == "" && got != "") || !strings.Contains(got, tt.stderr) {
+				t.Errorf("stderr %q, want %q", got, tt.stderr)
+			}
+			if got, err := os.Readlink(l.Current()); err != nil || got != l.ReleaseDir(tt.current) {
+				t.Errorf("current -> %q (%v), want %s", got, err, l.ReleaseDir(tt.current))
+			}
+			got, err := os.ReadFile(out)
+			switch want := strings.ReplaceAll(tt.ran, "<b>", l.ReleaseDir("b")); {
+			case want == "" && err == nil:
+				t.Errorf("the command ran and wrote %q", got)
+			case want != "" && string(got) != want:
+				t.Errorf("the command wrote %q (%v), want %q", got, err, want)
+			}
+			got, err = os.ReadFile(filepath.Join(l.DeployTo, ".operator", "previous"))
+			switch {
+			case tt.from != "" && !tt.fails && string(got) != tt.from+"\n":
+				t.Errorf("previous record %q (%v), want %s", got, err, tt.from)
+			case (tt.from == "" || tt.fails) && err == nil:
+				t.Errorf("previous record %q written", got)
+			}
+		})
 	}
 }
 

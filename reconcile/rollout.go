@@ -251,34 +251,34 @@ func (r *Reconciler) switchAndCheck(ctx context.Context, run *run, n *Node, rele
 		}
 		return &DeployError{Class: classOf(err), Phase: "rollout", Host: n.Name(), Check: name, Err: err}
 	}
-	c, err := layout.Switch(release)
-	if prev != "" && prev != release {
-		c, err = layout.SwitchFrom(release, prev, previousFile(p.Env))
-	}
-	if err != nil {
-		return check(checkSwitch, err)
-	}
-	if err := run.exec(ctx, n.Target, "rollout", c, nil); err != nil {
-		return check(checkSwitch, err)
-	}
-	if prev != "" && prev != release {
-		n.Previous = prev
-	}
-	n.Current = release
 	env, err := r.releaseEnv(p, n, release)
 	if err != nil {
 		return check(checkStart, err)
 	}
-	// The start command's exit status says little (bin/<app> daemon exits 0
-	// when the app dies at boot): ping decides.
-	if err := run.timed("start", func() error {
-		return run.exec(ctx, n.Target, "rollout", hosts.ShellCmd(layout.Current(), p.Manifest.Release.Start, env), nil)
-	}); err != nil {
-		var ce *hosts.CommandError
-		if !errors.As(err, &ce) {
-			return check(checkStart, err)
-		}
+	previous, record := "", ""
+	if prev != "" && prev != release {
+		previous, record = prev, previousFile(p.Env)
 	}
+	// The switch runs in the start's command, one round trip on the
+	// node's restart where two were, and its few milliseconds of shell
+	// count as "start". The command fails only when the switch did
+	// (nothing started, current as it was); any error of it, a lost
+	// connection too, is the switch's, and a rollback switches again. The
+	// start's own exit status says little (bin/<app> daemon exits 0 when
+	// the app dies at boot): the command ignores it, and ping decides.
+	c, err := layout.SwitchThen(release, previous, record, hosts.ShellCmd(layout.Current(), p.Manifest.Release.Start, env))
+	if err != nil {
+		return check(checkSwitch, err)
+	}
+	if err := run.timed("start", func() error {
+		return run.exec(ctx, n.Target, "rollout", c, nil)
+	}); err != nil {
+		return check(checkSwitch, err)
+	}
+	if previous != "" {
+		n.Previous = previous
+	}
+	n.Current = release
 	served := false
 	if err := run.timed("ping wait", func() (err error) {
 		served, err = r.waitUp(ctx, run, n, release)
