@@ -907,7 +907,7 @@ func variantReport(w io.Writer, res *variantResult) {
 			"build":   "build: workspace prepared in the push's session, push, checkout (step inputs read meanwhile), step records, artifact kept",
 			"stage":   "stage: the artifact read once by the operator (its index, the files changed against each node's release), a delta with its vm.args to each node, which hard-linked the rest meanwhile (or the artifact streamed whole into an unpack)",
 			"migrate": "migrate: the app's `release.migrate` command (boots a VM), its marker written by the same command; the first node drains in HAProxy meanwhile",
-			"rollout": "rollout: switch `current` (with the previous-release record), HAProxy ready",
+			"rollout": "rollout: HAProxy ready (`current` is switched, with the previous-release record, in the start's command)",
 			"prune":   "prune: old releases",
 		}[ph.Name]
 		if what == "" {
@@ -954,9 +954,9 @@ func variantReport(w io.Writer, res *variantResult) {
 	p("| --- | ---: | ---: |")
 	p("| out of the load balancer (ours: `drain wait`) | | %.2f |", (d.Spent["drain wait"] / n).Seconds())
 	p("| stop until down (floor: until its name leaves epmd; ours: `stop`, the stop command, then until the node's OS process, whose pid its last ping printed, listens on no TCP port, then one ping that fails; ping polled when that cannot be told) | %.2f | %.2f |", (fStop / n).Seconds(), (d.Spent["stop"] / n).Seconds())
-	p("| start command | %.2f | %.2f |", (fStart / n).Seconds(), (d.Spent["start"] / n).Seconds())
+	p("| start command (ours: `start`, which switches `current` and records the previous release first, in the same command) | %.2f | %.2f |", (fStart / n).Seconds(), (d.Spent["start"] / n).Seconds())
 	p("| back in the full mesh (floor: every `/health` lists the others; ours: `ping wait` (health polled until it answers, then ping) + `membership wait` + `health wait`) | %.2f | %.2f |", (fRejoin / n).Seconds(), ((d.Spent["ping wait"] + d.Spent["membership wait"] + d.Spent["health wait"]) / n).Seconds())
-	p("| the operator's own: switch `current`, previous-release record, HAProxy ready | | %.2f |", (rolloutOwn / n).Seconds())
+	p("| the operator's own: HAProxy ready | | %.2f |", (rolloutOwn / n).Seconds())
 	p("| **node total** (ours: the rollout phase / %d) | **%.2f** | **%.2f** |", len(res.nodes), ((fStop + fStart + fRejoin) / n).Seconds(), (rollout / n).Seconds())
 	p("")
 	p("For reference, measured by hand over SSH on n1 after the rounds: one ping as the manifest has it (`bin/ping`, erl_call) %.3f s and one membership query (`bin/members`, erl_call) %.3f s, where the release's own `bin/chat pid` takes %.2f s and `bin/chat rpc` %.2f s, each booting an Erlang VM. The operator's stop watches the node's OS process on the node with a shell loop (the pid its last ping printed, when it runs from the release's directory) until it listens on no TCP port, when the node has left epmd (its VM exits later, up to 1.4 s later in the sized variant, once it has unloaded its code), then runs one ping, which must fail; after the start it polls the health URL every 20 ms until it answers, then pings, then asks every live node for its members at once, retrying both after a pause half as long as the last try took, at least 20 ms (`Reconciler.Interval` left at 0).", res.pingProbe.Seconds(), res.membersProbe.Seconds(), res.vmPingProbe.Seconds(), res.vmMembersProbe.Seconds())
