@@ -137,16 +137,19 @@ type DeltaLimits struct {
 // DefaultDeltaLimits keeps a few releases' worth of changes in memory.
 var DefaultDeltaLimits = DeltaLimits{File: 64 << 20, Payload: 256 << 20}
 
-// Deltas reads a gzipped release tarball (the artifact, whose hex SHA-256
-// must be sum) once and returns its Index and, for each base given by
-// name, the Delta that turns that base into the release. Paths under links
-// (release.links) are left out of both, index and delta: the node makes
-// them shared links, so an index says what a node's release holds from
-// the artifact. A base whose delta would pass the limits is left out of
-// the map: its nodes get the whole artifact. The bytes read must hash to sum, or nothing is returned:
-// a payload is only ever made from the artifact that was built. An
+// Deltas reads a gzipped release tarball (the artifact) once and returns
+// its Index and, for each base given by name, the Delta that turns that
+// base into the release. Paths under links (release.links) are left out of
+// both, index and delta: the node makes them shared links, so an index
+// says what a node's release holds from the artifact. A base whose delta
+// would pass the limits is left out of the map: its nodes get the whole
+// artifact. The bytes read must hash to the hex SHA-256 that sum returns,
+// or nothing is returned: a payload is only ever made from the artifact
+// that was kept. Deltas calls sum once, when it has read every byte, so
+// the sum may come from work done meanwhile (the build host keeping the
+// artifact while the operator reads it); an error from sum is returned. An
 // artifact a delta cannot carry returns ErrNoDelta (its index too is nil).
-func Deltas(r io.Reader, sum string, bases map[string]Index, links []string, limits DeltaLimits) (Index, map[string]*Delta, error) {
+func Deltas(r io.Reader, sum func() (string, error), bases map[string]Index, links []string, limits DeltaLimits) (Index, map[string]*Delta, error) {
 	h := sha256.New()
 	zr, err := gzip.NewReader(io.TeeReader(r, h))
 	if err != nil {
@@ -224,8 +227,12 @@ func Deltas(r io.Reader, sum string, bases map[string]Index, links []string, lim
 	if _, err := io.Copy(h, r); err != nil {
 		return nil, nil, fmt.Errorf("read artifact: %w", err)
 	}
-	if got := hex.EncodeToString(h.Sum(nil)); got != sum {
-		return nil, nil, fmt.Errorf("artifact read has sha256 %s, want %s", got, sum)
+	want, err := sum()
+	if err != nil {
+		return nil, nil, err
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != want {
+		return nil, nil, fmt.Errorf("artifact read has sha256 %s, want %s", got, want)
 	}
 	index := ix.Marshal()
 	isum := sha256.Sum256(index)
@@ -241,6 +248,11 @@ func Deltas(r io.Reader, sum string, bases map[string]Index, links []string, lim
 		deltas[name] = d
 	}
 	return ix, deltas, nil
+}
+
+// KnownSum is the sum for Deltas when it is known before the read.
+func KnownSum(sum string) func() (string, error) {
+	return func() (string, error) { return sum, nil }
 }
 
 // linked reports whether p is one of links or under one.

@@ -102,7 +102,7 @@ var v2Files = map[string]string{
 func TestDeltas(t *testing.T) {
 	_, tar1, sum1 := release(t, v1Files)
 	_, tar2, sum2 := release(t, v2Files)
-	base, none, err := Deltas(bytes.NewReader(tar1), sum1, nil, links, DefaultDeltaLimits)
+	base, none, err := Deltas(bytes.NewReader(tar1), KnownSum(sum1), nil, links, DefaultDeltaLimits)
 	if err != nil || len(none) != 0 {
 		t.Fatalf("index of v1: %v, %d deltas", err, len(none))
 	}
@@ -113,7 +113,7 @@ func TestDeltas(t *testing.T) {
 		t.Errorf("v1's bin/chat indexed with mode %o", e.Mode)
 	}
 
-	ix, deltas, err := Deltas(bytes.NewReader(tar2), sum2, map[string]Index{"v1": base}, links, DefaultDeltaLimits)
+	ix, deltas, err := Deltas(bytes.NewReader(tar2), KnownSum(sum2), map[string]Index{"v1": base}, links, DefaultDeltaLimits)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -130,12 +130,26 @@ func TestDeltas(t *testing.T) {
 	}
 
 	t.Run("another sum", func(t *testing.T) {
-		if _, _, err := Deltas(bytes.NewReader(tar2), sum1, map[string]Index{"v1": base}, links, DefaultDeltaLimits); err == nil {
+		if _, _, err := Deltas(bytes.NewReader(tar2), KnownSum(sum1), map[string]Index{"v1": base}, links, DefaultDeltaLimits); err == nil {
 			t.Error("accepted an artifact whose bytes hash to another sum")
 		}
 	})
+	t.Run("sum that fails", func(t *testing.T) {
+		kept := errors.New("artifact not kept")
+		read := false
+		sum := func() (string, error) {
+			read = true
+			return "", kept
+		}
+		if _, _, err := Deltas(bytes.NewReader(tar2), sum, map[string]Index{"v1": base}, links, DefaultDeltaLimits); !errors.Is(err, kept) {
+			t.Errorf("got %v, want the sum's error", err)
+		}
+		if !read {
+			t.Error("sum not asked for")
+		}
+	})
 	t.Run("limits", func(t *testing.T) {
-		_, deltas, err := Deltas(bytes.NewReader(tar2), sum2, map[string]Index{"v1": base, "empty": {}}, links, DeltaLimits{File: 1 << 20, Payload: 20})
+		_, deltas, err := Deltas(bytes.NewReader(tar2), KnownSum(sum2), map[string]Index{"v1": base, "empty": {}}, links, DeltaLimits{File: 1 << 20, Payload: 20})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -156,7 +170,7 @@ func TestDeltas(t *testing.T) {
 			t.Fatal(err)
 		}
 		h := sha256.Sum256(tarball)
-		if _, _, err := Deltas(bytes.NewReader(tarball), hex.EncodeToString(h[:]), nil, links, DefaultDeltaLimits); !errors.Is(err, ErrNoDelta) {
+		if _, _, err := Deltas(bytes.NewReader(tarball), KnownSum(hex.EncodeToString(h[:])), nil, links, DefaultDeltaLimits); !errors.Is(err, ErrNoDelta) {
 			t.Errorf("got %v, want ErrNoDelta", err)
 		}
 	})
@@ -168,7 +182,7 @@ func TestDeltas(t *testing.T) {
 func TestReceiveDeltaRuns(t *testing.T) {
 	_, tar1, sum1 := release(t, v1Files)
 	dir2, tar2, sum2 := release(t, v2Files)
-	base, _, err := Deltas(bytes.NewReader(tar1), sum1, nil, links, DefaultDeltaLimits)
+	base, _, err := Deltas(bytes.NewReader(tar1), KnownSum(sum1), nil, links, DefaultDeltaLimits)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -212,7 +226,7 @@ func TestReceiveDeltaRuns(t *testing.T) {
 		return err
 	}
 	delta := func(t *testing.T) *Delta {
-		_, deltas, err := Deltas(bytes.NewReader(tar2), sum2, map[string]Index{"v1": base}, links, DefaultDeltaLimits)
+		_, deltas, err := Deltas(bytes.NewReader(tar2), KnownSum(sum2), map[string]Index{"v1": base}, links, DefaultDeltaLimits)
 		if err != nil || deltas["v1"] == nil {
 			t.Fatalf("delta: %v", err)
 		}
@@ -347,7 +361,7 @@ func TestReceiveDeltaRuns(t *testing.T) {
 		tw.Close()
 		zw.Close()
 		h := sha256.Sum256(buf.Bytes())
-		_, deltas, err := Deltas(bytes.NewReader(buf.Bytes()), hex.EncodeToString(h[:]), map[string]Index{"v1": base}, links, DefaultDeltaLimits)
+		_, deltas, err := Deltas(bytes.NewReader(buf.Bytes()), KnownSum(hex.EncodeToString(h[:])), map[string]Index{"v1": base}, links, DefaultDeltaLimits)
 		if err != nil || deltas["v1"] == nil {
 			t.Fatalf("delta: %v", err)
 		}

@@ -72,8 +72,11 @@ mkdir -p -- "$1" "$2/steps" "$2/artifacts" "$2/commits"
 if [ ! -f "$2/repo.git/HEAD" ]; then
   git init -q --bare -- "$2/repo.git"
 fi
-shift 2
-if [ "$#" -gt 0 ]; then exec "$@"; fi`
+dir=$1 state=$2 commit=$3
+shift 3
+if [ "$#" -eq 0 ]; then exit 0; fi
+"$@"
+exec git --git-dir="$state/repo.git" --work-tree="$dir" checkout -q -f --detach "$commit" >&2`
 
 // Prepare makes the work tree and the operator's state beside it, with an
 // empty bare repository the first time.
@@ -81,33 +84,28 @@ func (w Workspace) Prepare() (Cmd, error) {
 	if err := w.check(); err != nil {
 		return Cmd{}, err
 	}
-	return script(prepareWorkspaceScript, localPath(w.dir()), localPath(w.state())), nil
+	return script(prepareWorkspaceScript, localPath(w.dir()), localPath(w.state()), ""), nil
 }
 
-// PrepareThen is Prepare followed by argv in the same session (the push's
-// git-receive-pack), so a build does not wait for a session of its own to
-// prepare the workspace before pushing to it.
-func (w Workspace) PrepareThen(argv ...string) (Cmd, error) {
-	if err := w.check(); err != nil {
-		return Cmd{}, err
-	}
-	if len(argv) == 0 {
-		return Cmd{}, errors.New("prepare then: no command")
-	}
-	return named("prepare-then", prepareWorkspaceScript, append([]string{localPath(w.dir()), localPath(w.state())}, argv...)...), nil
-}
-
-// Checkout makes the work tree the commit's tree. Files the commit does not
-// change keep their mtimes; untracked build products stay.
-func (w Workspace) Checkout(commit string) (Cmd, error) {
+// PushSession returns the one command a build's push runs in: Prepare,
+// then argv (the git-receive-pack the push speaks to), then, when that
+// succeeded, the checkout of commit in the work tree, so a build waits for
+// no session of its own to prepare the workspace or check the commit out.
+// The checkout prints on stderr only: stdout carries receive-pack's
+// protocol alone. The checkout's index lives in the bare repository, so
+// files the commit does not change keep their mtimes (Mix recompiles only
+// what changed); untracked build products stay.
+func (w Workspace) PushSession(commit string, argv ...string) (Cmd, error) {
 	if err := w.check(); err != nil {
 		return Cmd{}, err
 	}
 	if !commitRE.MatchString(commit) {
 		return Cmd{}, fmt.Errorf("checkout %q: not a full commit SHA", commit)
 	}
-	return Cmd{Args: []string{"git", "--git-dir=" + localPath(w.Repo()), "--work-tree=" + localPath(w.dir()),
-		"checkout", "-q", "-f", "--detach", commit}}, nil
+	if len(argv) == 0 {
+		return Cmd{}, errors.New("push session: no command")
+	}
+	return named("push-then-checkout", prepareWorkspaceScript, append([]string{localPath(w.dir()), localPath(w.state()), commit}, argv...)...), nil
 }
 
 // Refresh returns the command that refreshes the checkout's index: git
@@ -201,10 +199,9 @@ func ParseSum(out []byte) (string, error) {
 	return "", fmt.Errorf("want a sha256, got %q", s)
 }
 
-const storeArtifactScript = `set -e
-state=$(cd -- "$1" && pwd -P)
-cd -- "$2"
-commit=$3 pattern=$4
+// findArtifact leaves in $1 the one file of the work tree $dir matching
+// $pattern (build.artifact), or fails saying how many match.
+const findArtifact = `cd -- "$dir"
 set -- $pattern
 n=$#
 if [ "$n" -eq 1 ] && [ ! -f "$1" ]; then n=0; fi
@@ -212,7 +209,12 @@ if [ "$n" -ne 1 ]; then
   printf "artifact: %s matches %s files, want exactly one\n" "$pattern" "$n" >&2
   exit 1
 fi
-sum=$(sha256sum <"$1")
+`
+
+const storeArtifactScript = `set -e
+state=$(cd -- "$1" && pwd -P)
+dir=$2 commit=$3 pattern=$4
+` + findArtifact + `sum=$(sha256sum <"$1")
 sum=${sum%% *}
 dst="$state/artifacts/$sum.tar.gz"
 if [ ! -f "$dst" ]; then
@@ -223,6 +225,10 @@ printf "%s\n" "$sum" >"$state/commits/$commit.tmp.$$"
 mv -f -- "$state/commits/$commit.tmp.$$" "$state/commits/$commit"
 printf "%s\n" "$sum"`
 
+const readBuiltScript = `set -e
+dir=$1 pattern=$2
+` + findArtifact + `exec cat -- "$1"`
+
 // StoreArtifact returns the command that finds the one file of the work
 // tree matching glob (build.artifact), keeps it under its sha256 and records
 // it as commit's artifact, printing the sha256. No match or several matches
@@ -230,16 +236,35 @@ printf "%s\n" "$sum"`
 // expands, inside the work tree; it must be a relative pattern of plain path
 // characters, so splitting and expansion can do nothing else with it.
 func (w Workspace) StoreArtifact(commit, glob string) (Cmd, error) {
-	if err := w.check(); err != nil {
+	if err := w.checkGlob(glob); err != nil {
 		return Cmd{}, err
 	}
 	if !commitRE.MatchString(commit) {
 		return Cmd{}, fmt.Errorf("store artifact of %q: not a full commit SHA", commit)
 	}
-	if _, err := path.Match(glob, ""); err != nil || !globRE.MatchString(glob) || path.IsAbs(glob) {
-		return Cmd{}, fmt.Errorf("artifact pattern %q: want a relative glob of plain path characters", glob)
-	}
 	return script(storeArtifactScript, localPath(w.state()), localPath(w.dir()), commit, glob), nil
+}
+
+// ReadBuilt returns the command that prints the one file of the work tree
+// matching glob, as StoreArtifact finds it: the artifact just built, for
+// the operator to read while the build host keeps it. What it printed is
+// the artifact StoreArtifact keeps only if the sums agree: the reader
+// checks.
+func (w Workspace) ReadBuilt(glob string) (Cmd, error) {
+	if err := w.checkGlob(glob); err != nil {
+		return Cmd{}, err
+	}
+	return named("read-built", readBuiltScript, localPath(w.dir()), glob), nil
+}
+
+func (w Workspace) checkGlob(glob string) error {
+	if err := w.check(); err != nil {
+		return err
+	}
+	if _, err := path.Match(glob, ""); err != nil || !globRE.MatchString(glob) || path.IsAbs(glob) {
+		return fmt.Errorf("artifact pattern %q: want a relative glob of plain path characters", glob)
+	}
+	return nil
 }
 
 var globRE = regexp.MustCompile(`^[A-Za-z0-9_.+@%,=:/*?\[\]-]+$`)

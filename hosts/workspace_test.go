@@ -14,14 +14,15 @@ func TestWorkspaceBuildersAsStrings(t *testing.T) {
 		cmd  func() (Cmd, error)
 		want string
 	}{
-		{"checkout", func() (Cmd, error) { return w.Checkout(strings.Repeat("a", 40)) },
-			`exec 'git' '--git-dir=./build/my app.operator/repo.git' '--work-tree=./build/my app' 'checkout' '-q' '-f' '--detach' '` + strings.Repeat("a", 40) + `'`},
 		{"forget step", func() (Cmd, error) { return w.RecordStep("s0-abc", "") },
 			`exec 'rm' '-f' '--' './build/my app.operator/steps/s0-abc'`},
-		{"prepare, then push", func() (Cmd, error) { return w.PrepareThen("git-receive-pack", "it's") },
-			sh(prepareWorkspaceScript, `'./build/my app' './build/my app.operator' 'git-receive-pack' 'it'\''s'`)},
+		{"prepare", w.Prepare, sh(prepareWorkspaceScript, `'./build/my app' './build/my app.operator' ''`)},
+		{"prepare, push, check out", func() (Cmd, error) { return w.PushSession(strings.Repeat("a", 40), "git-receive-pack", "it's") },
+			sh(prepareWorkspaceScript, `'./build/my app' './build/my app.operator' '`+strings.Repeat("a", 40)+`' 'git-receive-pack' 'it'\''s'`)},
 		{"refresh the index", w.Refresh,
 			`exec 'git' '--git-dir=./build/my app.operator/repo.git' '--work-tree=./build/my app' 'update-index' '-q' '--refresh'`},
+		{"read the built artifact", func() (Cmd, error) { return w.ReadBuilt("_build/prod/app-*.tar.gz") },
+			sh(readBuiltScript, `'./build/my app' '_build/prod/app-*.tar.gz'`)},
 		{"read artifact", func() (Cmd, error) { return w.ReadArtifact(strings.Repeat("ab", 32)) },
 			`exec 'cat' '--' './build/my app.operator/artifacts/` + strings.Repeat("ab", 32) + `.tar.gz'`},
 	}
@@ -40,11 +41,15 @@ func TestWorkspaceBuildersAsStrings(t *testing.T) {
 		name string
 		cmd  func() (Cmd, error)
 	}{
-		{"short sha", func() (Cmd, error) { return w.Checkout("abc") }},
-		{"option as sha", func() (Cmd, error) { return w.Checkout("--orphan=x" + strings.Repeat("a", 30)) }},
+		{"short sha", func() (Cmd, error) { return w.PushSession("abc", "git-receive-pack", "x") }},
+		{"option as sha", func() (Cmd, error) {
+			return w.PushSession("--orphan=x"+strings.Repeat("a", 30), "git-receive-pack", "x")
+		}},
+		{"push with no command", func() (Cmd, error) { return w.PushSession(strings.Repeat("a", 40)) }},
 		{"glob with $()", func() (Cmd, error) { return w.StoreArtifact(strings.Repeat("a", 40), "$(reboot)*.tar.gz") }},
 		{"glob with space", func() (Cmd, error) { return w.StoreArtifact(strings.Repeat("a", 40), "a *.tar.gz") }},
 		{"absolute glob", func() (Cmd, error) { return w.StoreArtifact(strings.Repeat("a", 40), "/etc/*") }},
+		{"read with a glob with $()", func() (Cmd, error) { return w.ReadBuilt("$(reboot)*.tar.gz") }},
 		{"step key path", func() (Cmd, error) { return w.RecordStep("../x", "f") }},
 		{"root dir", func() (Cmd, error) { return Workspace{Dir: "/"}.Prepare() }},
 	}
@@ -92,10 +97,20 @@ func TestWorkspaceOnAHost(t *testing.T) {
 	if _, err := p.Output(ctx, tg, c); err == nil || !strings.Contains(err.Error(), "matches 2 files") {
 		t.Fatalf("two artifacts: got %v", err)
 	}
+	read, err := w.ReadBuilt("_build/prod/app-*.tar.gz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Output(ctx, tg, read); err == nil || !strings.Contains(err.Error(), "matches 2 files") {
+		t.Fatalf("read with two artifacts: got %v", err)
+	}
 	b.Host("build").Sh(ctx, "rm '/root/build/my app/_build/prod/app-2.tar.gz'")
 	sum, err := ParseSum([]byte(run(c, nil)))
 	if err != nil || sum != "2c8b08da5ce60398e1f19af0e5dccc744df274b826abe585eaba68c525434806" {
 		t.Fatalf("stored sum: %q, %v", sum, err)
+	}
+	if got := run(read, nil); got != "one\n" {
+		t.Fatalf("read of the built artifact printed %q", got)
 	}
 	if got, _ := ParseSum([]byte(run(w.LookupArtifact(commit)))); got != sum {
 		t.Fatalf("lookup after store: %q, want %q", got, sum)

@@ -47,6 +47,9 @@ type run struct {
 	withFiles map[*Node]bool
 	// predrain is the first node's drain begun with the migration.
 	predrain *predrain
+	// read delivers the read of the artifact begun as the build ended
+	// (startRead).
+	read chan artifactRead
 }
 
 func (run *run) filesSent(n *Node) {
@@ -150,19 +153,8 @@ func (r *Reconciler) build(ctx context.Context, run *run) error {
 			<-steps
 		}
 	}()
-	started := time.Now()
-	// The push prepares the workspace first, in its own session.
-	push := &starter{fleet: r.Fleet, target: p.Build, rec: run.rec, wrap: ws.PrepareThen}
-	if err := r.Source.Push(ctx, push, ws.Repo(), sha); err != nil {
-		return fmt.Errorf("push %s to %s: %w", short(sha), p.Build.Name, err)
-	}
-	run.rec.Logf(p.Build.Name, "pushed %s to %s in %v", short(sha), ws.Repo(), time.Since(started).Round(time.Millisecond))
-	c, err := ws.Checkout(sha)
-	if err != nil {
-		return err
-	}
 	// The steps' inputs are read from the operator's mirror while the
-	// build host checks the commit out.
+	// build host receives and checks the commit out.
 	prints := make([]string, len(p.Manifest.Build.Steps))
 	printed := make(chan error, 1)
 	go func() {
@@ -177,13 +169,20 @@ func (r *Reconciler) build(ctx context.Context, run *run) error {
 		}
 		printed <- nil
 	}()
-	err = run.exec(ctx, p.Build, "build", c, nil)
-	if perr := <-printed; err == nil {
-		err = perr
+	started := time.Now()
+	// The push's session prepares the workspace first and checks the
+	// commit out after.
+	push := &starter{fleet: r.Fleet, target: p.Build, rec: run.rec, wrap: func(argv ...string) (hosts.Cmd, error) {
+		return ws.PushSession(sha, argv...)
+	}}
+	err = r.Source.Push(ctx, push, ws.Repo(), sha)
+	if perr := <-printed; err == nil && perr != nil {
+		return perr
 	}
 	if err != nil {
-		return err
+		return fmt.Errorf("push %s to %s and check it out: %w", short(sha), p.Build.Name, err)
 	}
+	run.rec.Logf(p.Build.Name, "pushed %s to %s and checked it out in %v", short(sha), ws.Repo(), time.Since(started).Round(time.Millisecond))
 	read, readDone = <-steps, true
 	if read.err != nil {
 		return read.err
@@ -209,10 +208,7 @@ func (r *Reconciler) build(ctx context.Context, run *run) error {
 			// Forget the record first: a step that fails after its inputs
 			// changed must run again next time, whatever it left behind.
 			if recorded[key] != "" {
-				if c, err = ws.RecordStep(key, ""); err != nil {
-					return err
-				}
-				if err := run.exec(ctx, p.Build, "build", c, nil); err != nil {
+				if err := r.recordStep(ctx, run, ws, key, ""); err != nil {
 					return err
 				}
 			}
@@ -226,27 +222,50 @@ func (r *Reconciler) build(ctx context.Context, run *run) error {
 		}
 		run.rec.Logf(p.Build.Name, "step %d ran in %v", i+1, time.Since(started).Round(time.Millisecond))
 		if print != "" {
-			if c, err = ws.RecordStep(key, print); err != nil {
-				return err
-			}
-			if err := run.exec(ctx, p.Build, "build", c, nil); err != nil {
+			if err := r.recordStep(ctx, run, ws, key, print); err != nil {
 				return err
 			}
 		}
 	}
 	run.builtIn = ws
 	run.linkAhead()
-	if c, err = ws.StoreArtifact(sha, p.Manifest.Build.Artifact); err != nil {
+	kept := r.startRead(ctx, run, ws)
+	sum, err := r.keepArtifact(ctx, run, ws)
+	kept(sum, err)
+	run.artifact = sum
+	return err
+}
+
+// recordStep records on the build host that the step named key succeeded
+// with inputs fingerprinted as print ("" forgets it).
+func (r *Reconciler) recordStep(ctx context.Context, run *run, ws hosts.Workspace, key, print string) error {
+	c, err := ws.RecordStep(key, print)
+	if err != nil {
 		return err
+	}
+	return run.exec(ctx, run.plan.Build, "build", c, nil)
+}
+
+// keepArtifact has the build host keep the artifact the build steps made,
+// under its sha256, as the commit's, and returns that sha256.
+func (r *Reconciler) keepArtifact(ctx context.Context, run *run, ws hosts.Workspace) (string, error) {
+	p := run.plan
+	c, err := ws.StoreArtifact(p.Commit.SHA, p.Manifest.Build.Artifact)
+	if err != nil {
+		return "", err
 	}
 	out, err := run.output(ctx, p.Build, c)
 	if err != nil {
-		return &DeployError{Class: classOf(err), Phase: "build", Host: p.Build.Name, Err: err}
+		return "", &DeployError{Class: classOf(err), Phase: "build", Host: p.Build.Name, Err: err}
 	}
-	if run.artifact, err = hosts.ParseSum(out); err != nil || run.artifact == "" {
-		return fmt.Errorf("artifact of %s: %q: %v", short(sha), out, err)
+	sum, err := hosts.ParseSum(out)
+	if err == nil && sum == "" {
+		err = errors.New("no sha256 printed")
 	}
-	return nil
+	if err != nil {
+		return "", fmt.Errorf("artifact of %s: %q: %w", short(p.Commit.SHA), out, err)
+	}
+	return sum, nil
 }
 
 // classOf classes an error where it arose: a command that ran and failed,

@@ -48,7 +48,8 @@ func (r *Reconciler) stage(ctx context.Context, run *run) error {
 // receive sends the release to the nodes that lack it. Each node is asked
 // for a base, a release it holds with its index (hosts.Layout.
 // ReceiveDelta), and starts linking it while the operator reads the
-// artifact once (hosts.Deltas: its index, and a delta against each base);
+// artifact once (hosts.Deltas: its index, and a delta against each base;
+// read from the work tree as the build ended when it built, startRead);
 // nodes with no base receive the artifact whole meanwhile. Then each node
 // with a base gets its delta, or the whole artifact when none could be
 // made. Every node that received it whole is given its index after, for
@@ -68,7 +69,7 @@ func (r *Reconciler) receive(ctx context.Context, run *run, nodes []*Node) error
 		case s.offer.Base == "":
 			whole = append(whole, i)
 		default:
-			if ix, err := hosts.ParseIndex(s.offer.Index); err != nil {
+			if ix, err := s.baseIndex(); err != nil {
 				run.rec.Logf(s.n.Name(), "index of %s not used: %v", short(s.offer.Base), err)
 				s.decline()
 				whole = append(whole, i)
@@ -94,7 +95,13 @@ func (r *Reconciler) receive(ctx context.Context, run *run, nodes []*Node) error
 	if len(whole) > 0 {
 		sendWhole(whole)
 	}
-	index, deltas, err := r.readArtifact(ctx, run, bases)
+	index, deltas, err := r.readAhead(run, bases)
+	if index == nil && !errors.Is(err, hosts.ErrNoDelta) { // read again, the kept artifact
+		if err != nil {
+			run.rec.Logf(p.Build.Name, "artifact read from the work tree not used: %v", err)
+		}
+		index, deltas, err = r.readArtifact(ctx, run, bases)
+	}
 	if err != nil {
 		run.rec.Logf(p.Build.Name, "no delta: %v", err)
 	}
@@ -155,6 +162,31 @@ type deltaSession struct {
 	// answered is set once the session has its answer or has ended;
 	// linked once it was told to link its base.
 	answered, linked atomic.Bool
+
+	parse    sync.Once
+	index    hosts.Index
+	indexErr error
+}
+
+// baseIndex is the offered base's index, parsed once.
+func (s *deltaSession) baseIndex() (hosts.Index, error) {
+	s.parse.Do(func() { s.index, s.indexErr = hosts.ParseIndex(s.offer.Index) })
+	return s.index, s.indexErr
+}
+
+// basesOf returns the bases the sessions offered, by key, leaving out any
+// whose index does not parse (receive declines those).
+func basesOf(ss []*deltaSession) map[string]hosts.Index {
+	bases := map[string]hosts.Index{}
+	for _, s := range ss {
+		if s.err != nil || s.offer.Have || s.offer.Base == "" {
+			continue
+		}
+		if ix, err := s.baseIndex(); err == nil {
+			bases[s.key()] = ix
+		}
+	}
+	return bases
 }
 
 // openDelta starts a ReceiveDelta command on n, offering the release it
@@ -254,33 +286,115 @@ func (s *deltaSession) send(run *run, d *hosts.Delta, extra []byte) error {
 	return nil
 }
 
-// readArtifact reads the artifact from the build host through the
+// readArtifact reads the kept artifact from the build host through the
 // operator once: its index, and a delta against each base.
 func (r *Reconciler) readArtifact(ctx context.Context, run *run, bases map[string]hosts.Index) (hosts.Index, map[string]*hosts.Delta, error) {
-	p := run.plan
-	ws := hosts.Workspace{Dir: p.Manifest.Build.Dir}
+	ws := hosts.Workspace{Dir: run.plan.Manifest.Build.Dir}
 	c, err := ws.ReadArtifact(run.artifact)
 	if err != nil {
 		return nil, nil, err
 	}
+	ix, deltas, err := r.readDeltas(ctx, run, c, hosts.KnownSum(run.artifact), bases)
+	if err != nil {
+		return nil, nil, fmt.Errorf("read artifact %s from %s: %w", run.artifact[:12], run.plan.Build.Name, err)
+	}
+	return ix, deltas, nil
+}
+
+// readDeltas runs c, which prints an artifact, on the build host and reads
+// it into its index and deltas (hosts.Deltas), checked against sum.
+func (r *Reconciler) readDeltas(ctx context.Context, run *run, c hosts.Cmd, sum func() (string, error), bases map[string]hosts.Index) (hosts.Index, map[string]*hosts.Delta, error) {
+	p := run.plan
 	started := time.Now()
+	run.rec.Logf(p.Build.Name, "$ %s", c.Redacted())
 	pr, pw := io.Pipe()
 	read := make(chan error, 1)
 	go func() {
-		err := r.Fleet.Run(ctx, p.Build, c, hosts.Exec{Step: "stage", Stdout: pw})
+		err := r.Fleet.Run(ctx, p.Build, c, hosts.Exec{Step: "stage", Stdout: pw, Sink: run.rec})
 		pw.CloseWithError(errOr(err, io.EOF))
 		read <- err
 	}()
-	ix, deltas, err := hosts.Deltas(pr, run.artifact, bases, p.Manifest.Release.Links, hosts.DefaultDeltaLimits)
+	ix, deltas, err := hosts.Deltas(pr, sum, bases, p.Manifest.Release.Links, hosts.DefaultDeltaLimits)
 	pr.CloseWithError(errOr(err, io.ErrClosedPipe))
-	if rerr := <-read; err == nil && rerr != nil {
-		err = rerr
+	// The command's failure says more than the read it cut short, but not
+	// more than an artifact a delta cannot carry (the read stopped it).
+	if rerr := <-read; rerr != nil && !errors.Is(err, hosts.ErrNoDelta) {
+		err = errors.Join(rerr, err)
 	}
 	if err != nil {
-		return nil, nil, fmt.Errorf("read artifact %s from %s: %w", run.artifact[:12], p.Build.Name, err)
+		return nil, nil, err
 	}
 	run.rec.Logf(p.Build.Name, "artifact read and indexed (%d paths, %d deltas) in %v", len(ix), len(deltas), time.Since(started).Round(time.Millisecond))
 	return ix, deltas, nil
+}
+
+// artifactRead is the outcome of a read of the artifact: its index and
+// deltas, or why there are none.
+type artifactRead struct {
+	bases  map[string]hosts.Index
+	index  hosts.Index
+	deltas map[string]*hosts.Delta
+	err    error
+}
+
+// startRead begins reading the artifact the build steps just made, from
+// the work tree, against the bases the nodes offered (stageAhead), while
+// the build host keeps it: keeping hashes and copies it, the read
+// inflates and hashes every file, and on the stage's way the one need
+// not wait for the other. The read's deltas count only if its bytes hash
+// to the sum the build host kept the artifact under: build hands that sum
+// over through the function startRead returns, which it must call once,
+// on every path (an error when the artifact was not kept). receive takes
+// the outcome (readAhead). No bases, nothing read: the function does
+// nothing.
+func (r *Reconciler) startRead(ctx context.Context, run *run, ws hosts.Workspace) func(sum string, err error) {
+	bases := basesOf(run.early)
+	if len(bases) == 0 {
+		return func(string, error) {}
+	}
+	c, err := ws.ReadBuilt(run.plan.Manifest.Build.Artifact)
+	if err != nil {
+		run.rec.Logf(run.plan.Build.Name, "artifact not read ahead: %v", err)
+		return func(string, error) {}
+	}
+	type kept struct {
+		sum string
+		err error
+	}
+	keptCh := make(chan kept, 1)
+	sum := func() (string, error) {
+		k := <-keptCh
+		return k.sum, k.err
+	}
+	read := make(chan artifactRead, 1)
+	run.read = read
+	run.bg.Go(func() {
+		ix, deltas, err := r.readDeltas(ctx, run, c, sum, bases)
+		read <- artifactRead{bases, ix, deltas, err}
+	})
+	var once sync.Once
+	return func(s string, err error) {
+		once.Do(func() { keptCh <- kept{s, err} })
+	}
+}
+
+// readAhead returns what startRead read, if it read, for bases; nil and no
+// error when it did not read, or read for other bases.
+func (r *Reconciler) readAhead(run *run, bases map[string]hosts.Index) (hosts.Index, map[string]*hosts.Delta, error) {
+	if run.read == nil {
+		return nil, nil, nil
+	}
+	got := <-run.read
+	run.read = nil
+	if got.err != nil {
+		return nil, nil, got.err
+	}
+	for key := range bases {
+		if _, ok := got.bases[key]; !ok {
+			return nil, nil, nil // a base it did not read for
+		}
+	}
+	return got.index, got.deltas, nil
 }
 
 // receiveWhole streams the artifact from the build host into an unpack on
