@@ -499,23 +499,40 @@ cur=$(readlink -- "$2" 2>/dev/null) || cur=
 cur=${cur%/}
 cur=${cur##*/}
 shift 2
+trash=.pruned.$$
 status=0
 for d in * .[!.]* ..?*; do
   if [ ! -e "$d" ] && [ ! -L "$d" ]; then continue; fi
+  case $d in .pruned.*) continue ;; esac
   if [ "$d" = "$cur" ]; then continue; fi
   for k in "$@"; do
     if [ "$d" = "$k" ]; then continue 2; fi
   done
-  if rm -rf -- "$d"; then printf "%s\n" "$d"; else status=1; fi
+  if [ ! -d "$trash" ]; then mkdir -- "$trash" || exit 1; fi
+  if mv -- "$d" "$trash/"; then printf "%s\n" "$d"; else status=1; fi
+done
+for d in .pruned.*; do
+  if [ -d "$d" ]; then
+    rm -rf -- .pruned.* </dev/null >/dev/null 2>&1 &
+    break
+  fi
 done
 exit $status`
 
 // Prune removes everything under releases/ but the releases named in keep
 // (computed by the caller from Observe: keep_releases, the current and
-// the previous one) and their tarballs and indexes; leftovers of interrupted unpacks go
-// too. Whatever current points at is kept even when keep forgets it. It
-// prints each name it removed. It must not run while a release is being
-// staged on the host (one deploy per environment at a time ensures that).
+// the previous one) and their tarballs and indexes; leftovers of
+// interrupted unpacks go too. Whatever current points at is kept even
+// when keep forgets it. It prints each name it removed. It must not run
+// while a release is being staged on the host (one deploy per environment
+// at a time ensures that).
+//
+// A release is thousands of files, and unlinking them takes a tenth of a
+// second or more: Prune moves what goes into a hidden directory
+// (releases/.pruned.<pid>) at once, and leaves a process removing every
+// such directory after the command ends, so a deploy does not wait for
+// it. What a node stopped before it finished is removed by the next
+// Prune; Observe lists no hidden name.
 func (l Layout) Prune(keep []string) (Cmd, error) {
 	if _, err := l.root(); err != nil {
 		return Cmd{}, err

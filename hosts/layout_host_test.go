@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/clusterops/operator/testbed"
 	"github.com/google/go-cmp/cmp"
@@ -136,14 +137,39 @@ func TestLayoutOnHost(t *testing.T) {
 	if err := os.Mkdir(local(l.Releases()+"/."+rel1+".unpack.abcdef"), 0o700); err != nil {
 		t.Fatal(err)
 	}
+	// And what an earlier prune moved aside but did not finish removing.
+	if err := os.MkdirAll(local(l.Releases()+"/.pruned.123/"+rel1+"/bin"), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	removed := strings.Split(strings.TrimSpace(run(l.Prune(nil))), "\n")
 	slices.Sort(removed)
 	if diff := cmp.Diff([]string{"." + rel1 + ".unpack.abcdef", rel1, rel1 + ".tar.gz"}, removed); diff != "" {
 		t.Errorf("pruned (-want +got):\n%s", diff)
 	}
-	entries, _ := os.ReadDir(local(l.Releases()))
-	if len(entries) != 1 || entries[0].Name() != rel2 {
-		t.Errorf("left in releases/: %v, want only %q", entries, rel2)
+	// What went is out of sight at once, and gone once the removal left
+	// running in the background ends.
+	visible := func() (names []string, hidden int) {
+		entries, _ := os.ReadDir(local(l.Releases()))
+		for _, e := range entries {
+			if strings.HasPrefix(e.Name(), ".") {
+				hidden++
+			} else {
+				names = append(names, e.Name())
+			}
+		}
+		return names, hidden
+	}
+	if names, _ := visible(); len(names) != 1 || names[0] != rel2 {
+		t.Errorf("left in releases/: %v, want only %q", names, rel2)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		names, hidden := visible()
+		if hidden == 0 && len(names) == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("releases/ still holds %v and %d hidden entries 10 s after the prune", names, hidden)
+		}
 	}
 	for _, dir := range []string{"/root", "/srv", l.DeployTo, l.Releases(), l.Current()} {
 		if _, err := os.Stat(local(dir + "/pwned")); err == nil {

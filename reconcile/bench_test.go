@@ -934,7 +934,7 @@ func variantReport(w io.Writer, res *variantResult) {
 			"stage":   "stage: the artifact read once by the operator (begun when the build steps ended, from the work tree, while the build host kept it: its index, the files changed against each node's release), a delta with its vm.args to each node, which hard-linked the rest meanwhile (or the artifact streamed whole into an unpack)",
 			"migrate": "migrate, around the app's command: its marker written by the same command; the first node drains in HAProxy meanwhile",
 			"rollout": "rollout: HAProxy ready (`current` is switched, with the previous-release record, in the start's command)",
-			"prune":   "prune: old releases",
+			"prune":   "prune: old releases moved aside on each node (their files removed in the background)",
 		}[ph.Name]
 		if what == "" {
 			what = ph.Name

@@ -723,8 +723,10 @@ func (r *Reconciler) waitUntil(ctx context.Context, deadline time.Time, limit ti
 // current or the previous one. The releases are those the plan saw, the
 // deployed one now the newest (its switch touched it), and the previous
 // one is the one recorded at the switch, so one command per node does; the
-// command itself never removes what current points at. A failure here is
-// logged: the deploy itself succeeded.
+// command itself never removes what current points at. It moves what goes
+// aside and leaves the files' removal running on the node (hosts.Layout.
+// Prune), so a deploy does not wait for thousands of unlinks. A failure
+// here is logged: the deploy itself succeeded.
 func (r *Reconciler) prune(ctx context.Context, run *run) error {
 	p := run.plan
 	sha := p.Commit.SHA
@@ -751,11 +753,16 @@ func (r *Reconciler) prune(ctx context.Context, run *run) error {
 			run.rec.Logf(n.Name(), "prune: %v", err)
 			return nil
 		}
-		for _, name := range strings.Fields(string(out)) {
+		for _, name := range strings.Split(strings.TrimSuffix(string(out), "\n"), "\n") {
+			if name == "" {
+				continue
+			}
 			run.rec.Logf(n.Name(), "pruned %s", name)
-			mu.Lock()
-			removed++
-			mu.Unlock()
+			if !strings.HasPrefix(name, ".") && !strings.HasSuffix(name, ".index") && !strings.HasSuffix(name, ".tar.gz") {
+				mu.Lock()
+				removed++
+				mu.Unlock()
+			}
 		}
 		return nil
 	})
