@@ -855,6 +855,19 @@ func variantReport(w io.Writer, res *variantResult) {
 	p("| ours / floor | %.2f | ≤ %.1f | %s |", r.oursPerFloor(), targetOursPerFloor, verdict(r.oursPerFloor() <= targetOursPerFloor))
 	p("| baseline / ours | %.1f | ≥ %.0f | %s |", r.baselinePerOurs(), targetBaselinePerOurs, verdict(r.baselinePerOurs() >= targetBaselinePerOurs))
 	p("")
+	if len(res.rounds) > 1 {
+		p("Each round:")
+		p("")
+		p("| round | baseline | floor | ours | ours / floor | baseline / ours | operator overhead | with the migration counted in | ours: build steps |")
+		p("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+		for i, rd := range res.rounds {
+			p("| %d | %.2f s | %.2f s | %.2f s | %.2f | %.1f | %.2f s | %.2f s | %.2f s |", i+1,
+				rd.baseline.total.Seconds(), rd.floor.total.Seconds(), rd.ours.total.Seconds(),
+				rd.oursPerFloor(), rd.baselinePerOurs(), rd.ours.overhead.Seconds(), rd.ours.withMigration().Seconds(),
+				rd.ours.deploy.Spent["build step"].Seconds())
+		}
+		p("")
+	}
 	p("Before the measured deploys the operator deployed the app once (warm-up, its workspace new): %.2f s, of which %.2f s of build steps (the clean build). Load average: %s before the variant, %s after.", res.warmup.Seconds(), res.warmupBuild.Seconds(), res.loadBefore, res.loadAfter)
 	p("")
 	p("### Where the time goes")
