@@ -307,39 +307,29 @@ func TestReceiveDeltaRuns(t *testing.T) {
 			t.Errorf("releases/ holds %q", got)
 		}
 	})
-	t.Run("sent file not as indexed", func(t *testing.T) {
-		l := setup(t)
-		d := delta(t)
-		d.Payload = rewrite(t, d.Payload, "release/lib/chat/ebin/Elixir.Chat.beam", "tampered")
-		if err := receive(t, l, d); err == nil {
-			t.Fatal("accepted a sent file whose bytes are not the index's")
-		}
-		if got := entriesOf(t, l.Releases()); !cmp.Equal(got, []string{"v1", "v1.index"}) {
-			t.Errorf("releases/ holds %q", got)
-		}
-	})
-	t.Run("wrong index sum", func(t *testing.T) {
-		l := setup(t)
-		d := delta(t)
-		d.IndexSum = strings.Repeat("0", 64)
-		if err := receive(t, l, d); err == nil {
-			t.Fatal("accepted an index of another sum")
-		}
-		if got := entriesOf(t, l.Releases()); !cmp.Equal(got, []string{"v1", "v1.index"}) {
-			t.Errorf("releases/ holds %q", got)
-		}
-	})
-	t.Run("cut short", func(t *testing.T) {
-		l := setup(t)
-		d := delta(t)
-		d.Payload = d.Payload[:len(d.Payload)/2]
-		if err := receive(t, l, d); err == nil {
-			t.Fatal("accepted half a payload")
-		}
-		if got := entriesOf(t, l.Releases()); !cmp.Equal(got, []string{"v1", "v1.index"}) {
-			t.Errorf("releases/ holds %q", got)
-		}
-	})
+	// A delta the node must refuse leaves releases/ as it was.
+	for _, tt := range []struct {
+		name, why string
+		spoil     func(*testing.T, *Delta)
+	}{
+		{"sent file not as indexed", "a sent file whose bytes are not the index's", func(t *testing.T, d *Delta) {
+			d.Payload = rewrite(t, d.Payload, "release/lib/chat/ebin/Elixir.Chat.beam", "tampered")
+		}},
+		{"wrong index sum", "an index of another sum", func(_ *testing.T, d *Delta) { d.IndexSum = strings.Repeat("0", 64) }},
+		{"cut short", "half a payload", func(_ *testing.T, d *Delta) { d.Payload = d.Payload[:len(d.Payload)/2] }},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			l := setup(t)
+			d := delta(t)
+			tt.spoil(t, d)
+			if err := receive(t, l, d); err == nil {
+				t.Fatal("accepted " + tt.why)
+			}
+			if got := entriesOf(t, l.Releases()); !cmp.Equal(got, []string{"v1", "v1.index"}) {
+				t.Errorf("releases/ holds %q", got)
+			}
+		})
+	}
 	t.Run("member twice", func(t *testing.T) {
 		// Mix writes bin/ and then its overlays: the last copy wins, in the
 		// payload as when tar extracts the artifact.

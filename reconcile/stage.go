@@ -59,7 +59,7 @@ func (r *Reconciler) receive(ctx context.Context, run *run, nodes []*Node) error
 	started := time.Now()
 	sessions := r.sessions(ctx, run, nodes)
 	errs := make([]error, len(nodes))
-	bases := map[string]hosts.Index{}
+	bases := basesOf(sessions)
 	var whole, withBase []int
 	for i, s := range sessions {
 		switch {
@@ -69,12 +69,11 @@ func (r *Reconciler) receive(ctx context.Context, run *run, nodes []*Node) error
 		case s.offer.Base == "":
 			whole = append(whole, i)
 		default:
-			if ix, err := s.baseIndex(); err != nil {
+			if _, err := s.baseIndex(); err != nil {
 				run.rec.Logf(s.n.Name(), "index of %s not used: %v", short(s.offer.Base), err)
 				s.decline()
 				whole = append(whole, i)
 			} else {
-				bases[s.key()] = ix
 				withBase = append(withBase, i)
 			}
 		}
@@ -357,24 +356,23 @@ func (r *Reconciler) startRead(ctx context.Context, run *run, ws hosts.Workspace
 		run.rec.Logf(run.plan.Build.Name, "artifact not read ahead: %v", err)
 		return func(string, error) {}
 	}
-	type kept struct {
+	var kept struct {
 		sum string
 		err error
 	}
-	keptCh := make(chan kept, 1)
-	sum := func() (string, error) {
-		k := <-keptCh
-		return k.sum, k.err
-	}
+	done := make(chan struct{})
 	read := make(chan artifactRead, 1)
 	run.read = read
 	run.bg.Go(func() {
-		ix, deltas, err := r.readDeltas(ctx, run, c, sum, bases)
+		ix, deltas, err := r.readDeltas(ctx, run, c, func() (string, error) {
+			<-done
+			return kept.sum, kept.err
+		}, bases)
 		read <- artifactRead{bases, ix, deltas, err}
 	})
-	var once sync.Once
-	return func(s string, err error) {
-		once.Do(func() { keptCh <- kept{s, err} })
+	return func(sum string, err error) {
+		kept.sum, kept.err = sum, err
+		close(done)
 	}
 }
 
