@@ -12,7 +12,9 @@ import (
 // workspace (PRODUCT.md §3, step 2):
 //
 //	<dir>                        the work tree: a checkout of the commit being
-//	                             built; _build, deps, node_modules persist
+//	                             built, a git work tree (its .git file names
+//	                             repo.git/worktrees/build); _build, deps,
+//	                             node_modules persist
 //	<dir>.operator/repo.git      bare repository the operator pushes to
 //	<dir>.operator/steps/<key>   content fingerprint of a step's inputs at its
 //	                             last success
@@ -21,8 +23,9 @@ import (
 //	<dir>.operator/commits/<commit>
 //	                             the sha256 of the artifact built from commit
 //
-// The index of the checkout lives in the bare repository, so a checkout
-// rewrites only the files that changed and Mix recompiles only those.
+// The index of the checkout lives beside the bare repository
+// (repo.git/worktrees/build/index), so a checkout rewrites only the files
+// that changed and Mix recompiles only those.
 type Workspace struct {
 	// Dir is build.dir: absolute, or relative to the build user's home.
 	Dir string
@@ -67,16 +70,37 @@ func (w Workspace) check() error {
 	return nil
 }
 
+// prepareWorkspaceScript makes the work tree a linked worktree of the bare
+// repository (what `git worktree add` makes, without its checkout): the
+// work tree's .git file names <repo.git>/worktrees/build, which holds the
+// work tree's HEAD and index and points back at it. So git run by a build
+// step in the work tree answers for the commit being built (`git rev-parse
+// HEAD`, `git describe --always`, `git log -1`), while the operator still
+// pushes into the bare repository; a detached HEAD keeps receive-pack free
+// to update any branch. A workspace made before (its index in repo.git
+// itself) keeps that index, so no file is rewritten and Mix recompiles
+// nothing more than the commit changed.
 const prepareWorkspaceScript = `set -e
 mkdir -p -- "$1" "$2/steps" "$2/artifacts" "$2/commits"
 if [ ! -f "$2/repo.git/HEAD" ]; then
   git init -q --bare -- "$2/repo.git"
 fi
-dir=$1 state=$2 commit=$3
+dir=$(cd -- "$1" && pwd -P) state=$(cd -- "$2" && pwd -P) commit=$3
+wt=$state/repo.git/worktrees/build
+if [ ! -f "$wt/commondir" ] || [ ! -f "$wt/HEAD" ] || [ "$(cat -- "$dir/.git" 2>/dev/null)" != "gitdir: $wt" ]; then
+  mkdir -p -- "$wt"
+  [ -f "$wt/HEAD" ] || cp -- "$state/repo.git/HEAD" "$wt/HEAD"
+  if [ -f "$state/repo.git/index" ] && [ ! -f "$wt/index" ]; then
+    mv -- "$state/repo.git/index" "$wt/index"
+  fi
+  printf "../..\n" >"$wt/commondir"
+  printf "%s\n" "$dir/.git" >"$wt/gitdir"
+  printf "gitdir: %s\n" "$wt" >"$dir/.git"
+fi
 shift 3
 if [ "$#" -eq 0 ]; then exit 0; fi
 "$@"
-exec git --git-dir="$state/repo.git" --work-tree="$dir" checkout -q -f --detach "$commit" >&2`
+exec git -C "$dir" checkout -q -f --detach "$commit" >&2`
 
 // Prepare makes the work tree and the operator's state beside it, with an
 // empty bare repository the first time.
@@ -92,7 +116,7 @@ func (w Workspace) Prepare() (Cmd, error) {
 // succeeded, the checkout of commit in the work tree, so a build waits for
 // no session of its own to prepare the workspace or check the commit out.
 // The checkout prints on stderr only: stdout carries receive-pack's
-// protocol alone. The checkout's index lives in the bare repository, so
+// protocol alone. The checkout's index lives beside the bare repository, so
 // files the commit does not change keep their mtimes (Mix recompiles only
 // what changed); untracked build products stay.
 func (w Workspace) PushSession(commit string, argv ...string) (Cmd, error) {
@@ -118,8 +142,7 @@ func (w Workspace) Refresh() (Cmd, error) {
 	if err := w.check(); err != nil {
 		return Cmd{}, err
 	}
-	return Cmd{Args: []string{"git", "--git-dir=" + localPath(w.Repo()), "--work-tree=" + localPath(w.dir()),
-		"update-index", "-q", "--refresh"}}, nil
+	return Cmd{Args: []string{"git", "-C", localPath(w.dir()), "update-index", "-q", "--refresh"}}, nil
 }
 
 const readStepsScript = `cd -- "$1" 2>/dev/null || exit 0

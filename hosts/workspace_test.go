@@ -1,8 +1,12 @@
 package hosts
 
 import (
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/clusterops/operator/testbed"
 )
@@ -20,7 +24,7 @@ func TestWorkspaceBuildersAsStrings(t *testing.T) {
 		{"prepare, push, check out", func() (Cmd, error) { return w.PushSession(strings.Repeat("a", 40), "git-receive-pack", "it's") },
 			sh(prepareWorkspaceScript, `'./build/my app' './build/my app.operator' '`+strings.Repeat("a", 40)+`' 'git-receive-pack' 'it'\''s'`)},
 		{"refresh the index", w.Refresh,
-			`exec 'git' '--git-dir=./build/my app.operator/repo.git' '--work-tree=./build/my app' 'update-index' '-q' '--refresh'`},
+			`exec 'git' '-C' './build/my app' 'update-index' '-q' '--refresh'`},
 		{"read the built artifact", func() (Cmd, error) { return w.ReadBuilt("_build/prod/app-*.tar.gz") },
 			sh(readBuiltScript, `'./build/my app' '_build/prod/app-*.tar.gz'`)},
 		{"read artifact", func() (Cmd, error) { return w.ReadArtifact(strings.Repeat("ab", 32)) },
@@ -129,5 +133,104 @@ func TestWorkspaceOnAHost(t *testing.T) {
 	run(w.RecordStep("s0", ""))
 	if got := ParseSteps([]byte(run(w.ReadSteps()))); len(got) != 1 {
 		t.Fatalf("steps after forgetting s0: %v", got)
+	}
+}
+
+// TestWorkspaceIsAGitWorkTree runs the push session's script with this
+// machine's git and sh (the receive-pack replaced by a push done before):
+// git in the work tree then names the commit checked out, a second checkout
+// keeps build products and the mtimes of files it does not change, and a
+// workspace of the earlier layout (its index in the bare repository) keeps
+// its index, so nothing is rewritten when it becomes a work tree.
+func TestWorkspaceIsAGitWorkTree(t *testing.T) {
+	home := t.TempDir()
+	git := func(dir string, args ...string) string {
+		t.Helper()
+		cmd := exec.Command("git", args...)
+		cmd.Dir = dir
+		cmd.Env = append(os.Environ(), "GIT_AUTHOR_NAME=t", "GIT_AUTHOR_EMAIL=t@t", "GIT_COMMITTER_NAME=t", "GIT_COMMITTER_EMAIL=t@t")
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("git %s: %v: %s", strings.Join(args, " "), err, out)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	src := filepath.Join(home, "src")
+	os.MkdirAll(src, 0o755)
+	git(src, "init", "-q", "-b", "main")
+	os.WriteFile(filepath.Join(src, "a.ex"), []byte("a\n"), 0o644)
+	os.WriteFile(filepath.Join(src, "b.ex"), []byte("b\n"), 0o644)
+	git(src, "add", ".")
+	git(src, "commit", "-q", "-m", "one")
+	first := git(src, "rev-parse", "HEAD")
+	os.WriteFile(filepath.Join(src, "a.ex"), []byte("a, changed\n"), 0o644)
+	git(src, "commit", "-q", "-am", "two")
+	second := git(src, "rev-parse", "HEAD")
+
+	w := Workspace{Dir: "build/my app"} // relative to the home, with a space
+	dir := filepath.Join(home, "build", "my app")
+	bare := filepath.Join(home, "build", "my app.operator", "repo.git")
+	// session runs the push session for commit, a push from src into the
+	// bare repository standing in for the receive-pack it runs.
+	session := func(commit string) {
+		t.Helper()
+		c, err := w.PushSession(commit, "sh", "-c", `git -C "$1" push -q -f "$2" "$3:refs/heads/main"`, "sh", src, bare, commit)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command("sh", "-c", c.String())
+		cmd.Dir = home
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("push session for %s: %v: %s", commit, err, out)
+		}
+	}
+	session(first)
+	for _, tt := range []struct{ args, want string }{
+		{"rev-parse HEAD", first},
+		{"describe --always", first[:7]},
+		{"log -1 --format=%H", first},
+		{"status --porcelain --untracked-files=no", ""},
+	} {
+		if got := git(dir, strings.Fields(tt.args)...); got != tt.want {
+			t.Errorf("git %s in the work tree: %q, want %q", tt.args, got, tt.want)
+		}
+	}
+	old := time.Now().Add(-time.Hour).Truncate(time.Second)
+	os.Chtimes(filepath.Join(dir, "b.ex"), old, old)
+	git(dir, "update-index", "-q", "--refresh") // as Refresh does after a build
+	os.MkdirAll(filepath.Join(dir, "_build"), 0o755)
+	os.WriteFile(filepath.Join(dir, "_build", "kept"), []byte("x"), 0o644)
+	session(second)
+	if got := git(dir, "rev-parse", "HEAD"); got != second {
+		t.Errorf("HEAD after the second checkout: %s, want %s", got, second)
+	}
+	if data, _ := os.ReadFile(filepath.Join(dir, "a.ex")); string(data) != "a, changed\n" {
+		t.Errorf("a.ex after the second checkout: %q", data)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "_build", "kept")); err != nil {
+		t.Errorf("build product gone after a checkout: %v", err)
+	}
+	if st, _ := os.Stat(filepath.Join(dir, "b.ex")); !st.ModTime().Equal(old) {
+		t.Errorf("unchanged b.ex rewritten by the checkout: mtime %v, want %v", st.ModTime(), old)
+	}
+
+	// The earlier layout: the index in the bare repository, the work tree
+	// checked out with --git-dir and --work-tree and no .git of its own.
+	os.RemoveAll(filepath.Join(home, "build"))
+	os.MkdirAll(dir, 0o755)
+	git(home, "init", "-q", "--bare", bare)
+	git(src, "push", "-q", "-f", bare, first+":refs/heads/main")
+	git(home, "--git-dir="+bare, "--work-tree="+dir, "checkout", "-q", "-f", "--detach", first)
+	os.Chtimes(filepath.Join(dir, "b.ex"), old, old)
+	git(home, "--git-dir="+bare, "--work-tree="+dir, "update-index", "-q", "--refresh")
+	session(second)
+	if got := git(dir, "rev-parse", "HEAD"); got != second {
+		t.Errorf("HEAD after moving to a work tree: %s, want %s", got, second)
+	}
+	if st, _ := os.Stat(filepath.Join(dir, "b.ex")); !st.ModTime().Equal(old) {
+		t.Errorf("unchanged b.ex rewritten when the workspace became a work tree: mtime %v, want %v", st.ModTime(), old)
+	}
+	if _, err := os.Stat(filepath.Join(bare, "index")); err == nil {
+		t.Error("the bare repository still has an index of its own")
 	}
 }
