@@ -1,8 +1,13 @@
 package hosts
 
 import (
+	"bufio"
+	"fmt"
+	"net"
+	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/clusterops/operator/testbed"
 )
@@ -29,6 +34,146 @@ func TestHAProxyBuilders(t *testing.T) {
 	}
 	if _, err := (HAProxy{Socket: "relative.sock"}).ShowStat(); err == nil {
 		t.Error("relative socket: no error")
+	}
+	if _, err := (HAProxy{Socket: "relative.sock"}).ShowStreams("www", "nyc"); err == nil {
+		t.Error("streams on a relative socket: no error")
+	}
+	if _, err := h.ShowStreams("www", "nyc$(reboot)"); err == nil {
+		t.Error("streams of a hostile server name: no error")
+	}
+	c, err = h.Ready("www-backend", "nyc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "'set server www-backend/nyc state ready; set server www-backend/nyc health up'"; !strings.HasSuffix(c.String(), want) {
+		t.Errorf("ready: %s, want it to end in %s", c, want)
+	}
+	if _, err := h.Ready("www", "nyc; shutdown sessions"); err == nil {
+		t.Error("ready of a hostile server name: no error")
+	}
+}
+
+func TestParseStreams(t *testing.T) {
+	tests := []struct {
+		name string
+		out  string
+		want Streams
+	}{
+		{"none", "", Streams{}},
+		{"tunnels by their listing", "upgraded 0x1\nupgraded 0x2\n", Streams{Upgraded: 2}},
+		{"a slow request", "stream 0x3 txn=0x9 flags=0x3000 meth=1 status=-1 req.st=MSG_DONE rsp.st=MSG_RPBEFORE req.f=0x4c rsp.f=0x00\n", Streams{InFlight: 1}},
+		{"a request still uploading", "stream 0x3 txn=0x9 flags=0x3000 meth=3 status=-1 req.st=MSG_DATA rsp.st=MSG_RPBEFORE req.f=0x4c rsp.f=0x00\n", Streams{InFlight: 1}},
+		{"a streaming response", "stream 0x4 txn=0x9 flags=0x3000 meth=1 status=200 req.st=MSG_DONE rsp.st=MSG_DATA req.f=0x4c rsp.f=0x0e\n", Streams{Answering: 1}},
+		{"a tunnel seen in details", "stream 0x5 txn=0x9 flags=0x8000 meth=1 status=101 req.st=MSG_TUNNEL rsp.st=MSG_TUNNEL req.f=0xcc rsp.f=0xcc\n", Streams{Upgraded: 1}},
+		{"past the details cap", "stream 0x6\n", Streams{InFlight: 1}},
+		{"a state not known: wait", "stream 0x7 txn=0x9 status=200 rsp.st=MSG_SOMETHING_NEW\n", Streams{InFlight: 1}},
+		{"all kinds", "upgraded 0x1\nstream 0x3 txn=0x9 status=-1 rsp.st=MSG_RPBEFORE\nstream 0x4 txn=0x9 status=200 rsp.st=MSG_DONE\n", Streams{InFlight: 1, Answering: 1, Upgraded: 1}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := ParseStreams([]byte(tt.out))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != tt.want {
+				t.Errorf("got %+v, want %+v", got, tt.want)
+			}
+		})
+	}
+	if _, err := ParseStreams([]byte("No such file or directory\n")); err == nil {
+		t.Error("an error message parsed as streams")
+	}
+}
+
+// TestHAProxyStreamsOnAHost loads a real HAProxy with one stream of each
+// kind (a WebSocket after its 101, a request the server answers only after
+// a while, a response that streams) and reads them back with ShowStreams.
+func TestHAProxyStreamsOnAHost(t *testing.T) {
+	b := testbed.Start(t, "lb")
+	ctx := t.Context()
+	lb := b.Host("lb")
+	// The backend server runs in this process, on the bridge's own address
+	// (the hosts reach it; nothing else does).
+	ln, err := net.Listen("tcp", b.Gateway.String()+":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	release := make(chan struct{})
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/ws":
+			conn, rw, err := http.NewResponseController(w).Hijack()
+			if err != nil {
+				return
+			}
+			defer conn.Close()
+			rw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+				"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n")
+			rw.Flush()
+		case "/stream":
+			w.WriteHeader(200)
+			http.NewResponseController(w).Flush()
+		case "/slow":
+		}
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { close(release); srv.Close() })
+	if err := lb.StartHAProxy(ctx, "chat", []testbed.Backend{{Name: "n1", Addr: ln.Addr().String()}}); err != nil {
+		t.Fatal(err)
+	}
+	front := lb.Addr.String() + ":80"
+	for _, req := range []string{
+		"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+		"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n",
+		"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n",
+	} {
+		conn, err := net.DialTimeout("tcp", front, 2*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		fmt.Fprint(conn, req)
+		if !strings.Contains(req, "/slow") { // the others answer at once
+			conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if _, err := bufio.NewReader(conn).ReadString('\n'); err != nil {
+				t.Fatalf("%s: %v", strings.Fields(req)[1], err)
+			}
+		}
+	}
+	p := newPool(t, b, nil)
+	show, err := HAProxy{Socket: testbed.HAProxySocket}.ShowStreams("chat", "n1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Streams{InFlight: 1, Answering: 1, Upgraded: 1}
+	var got Streams
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		out, err := p.Output(ctx, target(b, "lb"), show)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, err = ParseStreams(out); err != nil {
+			t.Fatal(err)
+		}
+		if got == want {
+			break
+		}
+	}
+	if got != want {
+		t.Fatalf("streams of n1: %+v, want %+v", got, want)
+	}
+	// Of another server, or with the socket gone: nothing, or an error.
+	other, _ := HAProxy{Socket: testbed.HAProxySocket}.ShowStreams("chat", "n2")
+	if out, err := p.Output(ctx, target(b, "lb"), other); err != nil || strings.TrimSpace(string(out)) != "" {
+		t.Errorf("streams of n2: %q, %v", out, err)
+	}
+	gone, _ := HAProxy{Socket: "/run/haproxy/gone.sock"}.ShowStreams("chat", "n1")
+	if _, err := p.Output(ctx, target(b, "lb"), gone); err == nil {
+		t.Error("streams through a missing socket: no error")
 	}
 }
 

@@ -28,6 +28,7 @@ const (
 	DefaultSettle        = 30 * time.Second
 	DefaultExpectStatus  = 200
 	DefaultHAProxySocket = "/run/haproxy/admin.sock"
+	DefaultDrainTimeout  = 10 * time.Second
 )
 
 // DefaultBuildDir returns build.dir when the manifest leaves it out:
@@ -141,6 +142,11 @@ type Rollout struct {
 // node is drained before it stops and restored once it passes its checks.
 type LoadBalancer struct {
 	HAProxy HAProxy
+	// DrainTimeout bounds how long a drain waits for the requests in
+	// flight on a node (loadbalancer.drain_timeout). Upgraded and
+	// streaming connections (WebSockets, server-sent events) are never
+	// waited for: they end when the node stops.
+	DrainTimeout time.Duration
 }
 
 // HAProxy is reached through its admin socket on one of the hosts. Its

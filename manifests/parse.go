@@ -420,15 +420,18 @@ func (d *decoder) manifest(root *yaml.Node) *Manifest {
 			)
 		}},
 		field{"loadbalancer", func(n *yaml.Node, k string) {
-			m.LoadBalancer = &LoadBalancer{HAProxy: HAProxy{Socket: DefaultHAProxySocket}}
+			m.LoadBalancer = &LoadBalancer{HAProxy: HAProxy{Socket: DefaultHAProxySocket}, DrainTimeout: DefaultDrainTimeout}
 			h := &m.LoadBalancer.HAProxy
-			d.fields(n, k, field{"haproxy", func(n *yaml.Node, k string) {
-				d.fields(n, k,
-					field{"host", func(n *yaml.Node, k string) { h.Host = d.str(n, k) }},
-					field{"socket", func(n *yaml.Node, k string) { h.Socket = d.str(n, k) }},
-					field{"backend", func(n *yaml.Node, k string) { h.Backend = d.str(n, k) }},
-				)
-			}})
+			d.fields(n, k,
+				field{"haproxy", func(n *yaml.Node, k string) {
+					d.fields(n, k,
+						field{"host", func(n *yaml.Node, k string) { h.Host = d.str(n, k) }},
+						field{"socket", func(n *yaml.Node, k string) { h.Socket = d.str(n, k) }},
+						field{"backend", func(n *yaml.Node, k string) { h.Backend = d.str(n, k) }},
+					)
+				}},
+				field{"drain_timeout", func(n *yaml.Node, k string) { m.LoadBalancer.DrainTimeout = d.duration(n, k) }},
+			)
 		}},
 	)
 	if !dirSet {

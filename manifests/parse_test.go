@@ -93,7 +93,7 @@ func TestParseFull(t *testing.T) {
 		Rollout: Rollout{Batch: 1, Timeout: 2 * time.Minute},
 		LoadBalancer: &LoadBalancer{HAProxy: HAProxy{
 			Host: "lb", Socket: "/run/haproxy/admin.sock", Backend: "www-backend",
-		}},
+		}, DrainTimeout: 5 * time.Second},
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("Parse mismatch (-want +got):\n%s", diff)
@@ -144,7 +144,7 @@ func TestParseSectionDefaults(t *testing.T) {
 	if diff := cmp.Diff(&Health{URL: "http://{{.Host.Address}}/", ExpectStatus: 200}, m.Health); diff != "" {
 		t.Errorf("Health mismatch (-want +got):\n%s", diff)
 	}
-	wantLB := &LoadBalancer{HAProxy: HAProxy{Host: "nyc", Socket: "/run/haproxy/admin.sock", Backend: "www"}}
+	wantLB := &LoadBalancer{HAProxy: HAProxy{Host: "nyc", Socket: "/run/haproxy/admin.sock", Backend: "www"}, DrainTimeout: DefaultDrainTimeout}
 	if diff := cmp.Diff(wantLB, m.LoadBalancer); diff != "" {
 		t.Errorf("LoadBalancer mismatch (-want +got):\n%s", diff)
 	}

@@ -63,6 +63,9 @@ func (d *decoder) check(m *Manifest) {
 		if d.required("loadbalancer.haproxy.backend", h.Backend) && strings.ContainsFunc(h.Backend, isSpace) {
 			d.report("loadbalancer.haproxy.backend", "must not contain spaces")
 		}
+		if lb.DrainTimeout <= 0 {
+			d.report("loadbalancer.drain_timeout", "must be positive")
+		}
 	}
 }
 

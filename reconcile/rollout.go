@@ -56,9 +56,9 @@ func (r *Reconciler) migrate(ctx context.Context, run *run) error {
 }
 
 // predrain is the rollout's first node drained in the load balancer while
-// the migration runs: a drain waits for the node's sessions to end, which
-// long-lived WebSockets can make last up to rollout.timeout, and it
-// switches nothing. The rollout takes it (takePredrain); a deploy that ends
+// the migration runs: a drain waits for the node's requests in flight,
+// which a slow request can make last up to loadbalancer.drain_timeout, and
+// it switches nothing. The rollout takes it (takePredrain); a deploy that ends
 // before its rollout (a failed migration, for one) puts the node back
 // (undrain).
 type predrain struct {
@@ -321,7 +321,7 @@ func (r *Reconciler) switchAndCheck(ctx context.Context, run *run, n *Node, rele
 			return check(checkHealth, err)
 		}
 	}
-	return check(checkReady, r.setLB(ctx, run, n, "ready"))
+	return check(checkReady, r.setLB(ctx, run, n, "up"))
 }
 
 // rollbackNode stops the failed release and brings prev back with the same
@@ -642,9 +642,11 @@ func (r *Reconciler) health(ctx context.Context, run *run, n *Node, release stri
 }
 
 // setLB sets the node's admin state in HAProxy, when the manifest has a
-// load balancer. Draining waits until the node's sessions end or the rollout
-// timeout passes (then it goes on: a long-lived WebSocket must not block a
-// deploy forever).
+// load balancer: "drain" (then it waits for the requests in flight, see
+// drainWait), "ready", or "up": ready with its health forced up, for a
+// node that has just passed the operator's own checks, so the backend
+// never waits for HAProxy's slower checks to count it in again before the
+// next node drains (hosts.HAProxy.Ready).
 func (r *Reconciler) setLB(ctx context.Context, run *run, n *Node, state string) error {
 	lb := run.plan.Manifest.LoadBalancer
 	if lb == nil {
@@ -653,7 +655,13 @@ func (r *Reconciler) setLB(ctx context.Context, run *run, n *Node, state string)
 	lbHost := target(run.plan.Manifest.Hosts[lb.HAProxy.Host])
 	lbHost.Name = lb.HAProxy.Host
 	h := hosts.HAProxy{Socket: lb.HAProxy.Socket}
-	c, err := h.SetState(lb.HAProxy.Backend, n.Name(), state)
+	var c hosts.Cmd
+	var err error
+	if state == "up" {
+		c, err = h.Ready(lb.HAProxy.Backend, n.Name())
+	} else {
+		c, err = h.SetState(lb.HAProxy.Backend, n.Name(), state)
+	}
 	if err != nil {
 		return err
 	}
@@ -668,26 +676,50 @@ func (r *Reconciler) setLB(ctx context.Context, run *run, n *Node, state string)
 	if state != "drain" {
 		return nil
 	}
-	show, err := h.ShowStat()
+	return r.drainWait(ctx, run, n, lbHost, h)
+}
+
+// drainWait waits, within loadbalancer.drain_timeout, until HAProxy has no
+// request in flight on the drained node: none it sent that the app has not
+// begun to answer. WebSockets and other upgraded connections, and
+// responses already streaming, are not waited for: they never end by
+// themselves, and they end when the node stops (a Phoenix endpoint closes
+// its sockets, telling its clients to reconnect, and the clients land on
+// the nodes HAProxy still sends to). At the timeout it logs what was still
+// in flight and goes on.
+func (r *Reconciler) drainWait(ctx context.Context, run *run, n *Node, lbHost hosts.Target, h hosts.HAProxy) error {
+	lb := run.plan.Manifest.LoadBalancer
+	show, err := h.ShowStreams(lb.HAProxy.Backend, n.Name())
 	if err != nil {
 		return err
 	}
-	err = r.waitFor(ctx, run.plan.Manifest.Rollout.Timeout, func() (bool, string, error) {
-		out, err := r.Fleet.Output(ctx, lbHost, show)
+	limit := lb.DrainTimeout
+	// Each listing is bounded too (its socat gives up after 5 s), so a
+	// wedged HAProxy holds the drain no longer than the timeout and one try.
+	dctx, cancel := context.WithTimeout(ctx, limit+6*time.Second)
+	defer cancel()
+	var last hosts.Streams
+	err = r.waitFor(dctx, limit, func() (bool, string, error) {
+		out, err := r.Fleet.Output(dctx, lbHost, show)
 		if err != nil {
 			return false, "", err
 		}
-		st, err := hosts.ParseStat(out, lb.HAProxy.Backend, n.Name())
-		if err != nil {
+		if last, err = hosts.ParseStreams(out); err != nil {
 			return false, "", err
 		}
-		return st.Sessions == 0, fmt.Sprintf("%d sessions still open", st.Sessions), nil
+		return last.InFlight == 0, fmt.Sprintf("%d requests still in flight", last.InFlight), nil
 	})
-	if errors.Is(err, errCheckTimeout) {
+	switch {
+	case errors.Is(err, errCheckTimeout), err != nil && dctx.Err() != nil && ctx.Err() == nil:
 		run.rec.Logf(n.Name(), "drain: %v; going on", err)
 		return nil
+	case err != nil:
+		return err
 	}
-	return err
+	if last.Upgraded > 0 || last.Answering > 0 {
+		run.rec.Logf(n.Name(), "drained: no request in flight; %d upgraded connections (WebSockets) and %d streaming responses end when the node stops", last.Upgraded, last.Answering)
+	}
+	return nil
 }
 
 // waitFor polls cond every interval until it holds, fails, or limit passes;

@@ -22,18 +22,29 @@ type Backend struct {
 // and one backend named backend whose servers are health-checked on
 // /health, with the admin socket at HAProxySocket. HAProxy daemonizes inside
 // the host; the bed's teardown stops it with everything else there.
+//
+// It is configured as a team running Phoenix behind HAProxy would: a
+// WebSocket, once upgraded, is a tunnel that lives by `timeout tunnel` (an
+// hour) rather than the client and server timeouts, and maxconn leaves
+// room for thousands of them: 9,000, as each takes two descriptors and the
+// machines here cap a process (root too) at 20,000. Deliberately not set: `option redispatch` and `retries`, which
+// would resend a request a stopping node refused and so hide a drain that
+// let one through.
 func (h *Host) StartHAProxy(ctx context.Context, backend string, servers []Backend) error {
 	var sb strings.Builder
 	fmt.Fprintf(&sb, `global
     stats socket %s mode 600 level admin
     pidfile /run/haproxy.pid
+    maxconn 9000
     daemon
 
 defaults
     mode http
+    maxconn 9000
     timeout connect 2s
     timeout client 30s
     timeout server 30s
+    timeout tunnel 1h
 
 frontend www
     bind %s:80
