@@ -3,6 +3,7 @@ module github.com/clusterops/operator
 go 1.26.8
 
 require (
+	github.com/coder/websocket v1.8.15
 	github.com/go-git/go-git/v5 v5.19.3
 	github.com/google/go-cmp v0.7.0
 	github.com/google/go-github/v57 v57.0.0
