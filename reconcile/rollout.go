@@ -698,7 +698,9 @@ func (r *Reconciler) drainWait(ctx context.Context, run *run, n *Node, lbHost ho
 	// wedged HAProxy holds the drain no longer than the timeout and one try.
 	dctx, cancel := context.WithTimeout(ctx, limit+6*time.Second)
 	defer cancel()
-	var last hosts.Streams
+	started := time.Now()
+	var first, last hosts.Streams
+	tries := 0
 	err = r.waitFor(dctx, limit, func() (bool, string, error) {
 		out, err := r.Fleet.Output(dctx, lbHost, show)
 		if err != nil {
@@ -706,6 +708,9 @@ func (r *Reconciler) drainWait(ctx context.Context, run *run, n *Node, lbHost ho
 		}
 		if last, err = hosts.ParseStreams(out); err != nil {
 			return false, "", err
+		}
+		if tries++; tries == 1 {
+			first = last
 		}
 		return last.InFlight == 0, fmt.Sprintf("%d requests still in flight", last.InFlight), nil
 	})
@@ -716,9 +721,8 @@ func (r *Reconciler) drainWait(ctx context.Context, run *run, n *Node, lbHost ho
 	case err != nil:
 		return err
 	}
-	if last.Upgraded > 0 || last.Answering > 0 {
-		run.rec.Logf(n.Name(), "drained: no request in flight; %d upgraded connections (WebSockets) and %d streaming responses end when the node stops", last.Upgraded, last.Answering)
-	}
+	run.rec.Logf(n.Name(), "drained in %v: %d requests in flight answered; %d upgraded connections (WebSockets) and %d streaming responses end with the node",
+		time.Since(started).Round(time.Millisecond), first.InFlight, last.Upgraded, last.Answering)
 	return nil
 }
 
