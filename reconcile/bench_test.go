@@ -83,10 +83,52 @@ func BenchmarkDeployOneLineChange(b *testing.B) {
 		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 			b.Fatal(err)
 		}
-		if err := os.WriteFile(path, []byte(benchReport(env, results, failed)), 0o644); err != nil {
+		if err := writeReportSection(path, "deploy", benchReport(env, results, failed)); err != nil {
 			b.Errorf("write the report: %v", err)
 		}
 	}
+}
+
+// writeReportSection writes text as the section called name of the report
+// at path, between markers, keeping the file's other sections: each
+// benchmark writes its own part of docs/benchmarks.md. Text of the file
+// outside any section (a report written before sections) goes.
+func writeReportSection(path, name, text string) error {
+	begin, end := "<!-- begin: "+name+" -->\n", "<!-- end: "+name+" -->\n"
+	old, err := os.ReadFile(path)
+	if err != nil && !os.IsNotExist(err) {
+		return err
+	}
+	var sections []string
+	replaced := false
+	rest := string(old)
+	for {
+		i := strings.Index(rest, "<!-- begin: ")
+		if i < 0 {
+			break
+		}
+		j := strings.Index(rest[i:], "<!-- end: ")
+		if j < 0 {
+			break
+		}
+		k := strings.Index(rest[i+j:], "-->\n")
+		if k < 0 {
+			break
+		}
+		section := rest[i : i+j+k+4]
+		rest = rest[i+j+k+4:]
+		if strings.HasPrefix(section, begin) {
+			section, replaced = begin+text+end, true
+		}
+		sections = append(sections, section)
+	}
+	if !replaced {
+		sections = append(sections, begin+text+end)
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(path, []byte(strings.Join(sections, "\n")), 0o644)
 }
 
 // sizedModules is how many generated modules the sized variant adds: about

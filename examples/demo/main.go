@@ -2,7 +2,9 @@
 // build host, three nodes and an HAProxy host (network namespaces, each with
 // its own sshd and host key), puts the example clustered app in a local git
 // repository, and has bin/operator deploy it: a first deploy, then a
-// one-line change, then `operator status`. Run it as root with `make demo`.
+// one-line change with WebSocket and HTTP clients on through HAProxy (it
+// prints how many reconnects they saw), a rollback, then `operator status`.
+// Run it as root with `make demo`.
 package main
 
 import (
@@ -20,6 +22,7 @@ import (
 	"time"
 
 	"github.com/clusterops/operator/testbed"
+	"github.com/clusterops/operator/testbed/traffic"
 )
 
 func main() {
@@ -49,7 +52,7 @@ func run(ctx context.Context, src, operator string, keep bool) error {
 	}
 	defer os.RemoveAll(dir)
 
-	step("bringing up 5 hosts (build, n1, n2, n3, lb): network namespaces, each with its own sshd and host key")
+	step(fmt.Sprintf("bringing up %d hosts (%s): network namespaces, each with its own sshd and host key", len(testbed.ExampleHosts), strings.Join(testbed.ExampleHosts, ", ")))
 	bed, err := testbed.New(ctx, testbed.Options{Dir: filepath.Join(dir, "bed"), Hosts: testbed.ExampleHosts})
 	if err != nil {
 		return err
@@ -100,15 +103,29 @@ ssh:
 	fmt.Printf("    first deploy took %v\n", time.Since(start).Round(time.Millisecond))
 	fmt.Printf("    through HAProxy: %s\n", httpGet(ctx, "http://"+lb.Addr.String()+"/health"))
 
-	step("a one-line change, pushed, then deployed: dependency steps skipped, nodes restarted one by one")
+	step("a one-line change, pushed, then deployed while users are on: 20 WebSocket clients (a broadcast every 200 ms) and 2 browsers through HAProxy; dependency steps skipped, nodes restarted one by one")
 	if _, err := repo.Commit(ctx, "Say hello in the log", testbed.AppendLine("lib/chat.ex", "# hello from the demo")); err != nil {
 		return err
+	}
+	users := &traffic.Load{BaseURL: "http://" + lb.Addr.String(), KeepAliveClients: 2, WSClients: 20, BroadcastInterval: 200 * time.Millisecond}
+	if err := users.Start(ctx); err != nil {
+		return err
+	}
+	defer users.Stop()
+	if err := users.WaitConnected(ctx); err != nil {
+		return fmt.Errorf("websocket clients: %w", err)
 	}
 	start = time.Now()
 	if err := op("sync", "--once"); err != nil {
 		return fmt.Errorf("second deploy: %w", err)
 	}
 	fmt.Printf("    one-line change deployed in %v\n", time.Since(start).Round(time.Millisecond))
+	time.Sleep(time.Second) // the last node's clients reconnect
+	seen := users.Stop()
+	fmt.Printf("    WebSocket clients: %d reconnects after %d drops (%d with close 1001 from a stopping node); longest without a connection %v; %d still connected\n",
+		seen.WS.Reconnects, seen.WS.Drops, seen.WS.DropsByCode[1001], seen.WS.LongestGap.Round(time.Millisecond), seen.WS.Open)
+	fmt.Printf("    broadcasts: %d sent, %d of %d deliveries to connected clients missed; HTTP: %d requests, %d failed\n",
+		seen.Broadcasts.Sent, seen.Broadcasts.Missed, seen.Broadcasts.Expected, seen.KeepAlive.Sent, seen.KeepAlive.Failed)
 
 	step("a rollback to the first release: no build (its artifact is kept), the environment locked so nothing undoes it")
 	start = time.Now()
