@@ -44,6 +44,24 @@ func (f *fixture) adminStates() map[string]string {
 	return states
 }
 
+// wantSwitchedNothing checks what a deploy whose migration failed leaves:
+// the cluster whole on commit, no node restarted (its VM still pids'), and
+// every node ready in HAProxy (n1 drained while the migration ran too).
+func (f *fixture) wantSwitchedNothing(commit string, pids map[string]string) {
+	f.t.Helper()
+	f.wantCluster(commit)
+	for _, n := range f.nodes {
+		if got := f.beamPID(n); got != pids[n] {
+			f.t.Errorf("%s was restarted by a deploy whose migration failed", n)
+		}
+	}
+	for server, state := range f.adminStates() {
+		if state != "0" {
+			f.t.Errorf("after the failed migration HAProxy has %s in admin state %s, want 0 (ready)", server, state)
+		}
+	}
+}
+
 func (f *fixture) mustDeploy() string {
 	f.t.Helper()
 	head, err := f.repo.Commit(f.t.Context(), "deploy", nil)
@@ -129,18 +147,7 @@ func TestFailingMigrationSwitchesNothing(t *testing.T) {
 	if de.Phase != "migrate" || de.Class != reconcile.ClassFailure || de.Host != "n1" {
 		t.Fatalf("got %v, want a migrate failure on n1", de)
 	}
-	f.wantCluster(good)
-	for _, n := range f.nodes {
-		if got := f.beamPID(n); got != pids[n] {
-			t.Errorf("%s was restarted by a deploy whose migration failed", n)
-		}
-	}
-	// n1, drained while the migration ran, is back in HAProxy.
-	for server, state := range f.adminStates() {
-		if state != "0" {
-			t.Errorf("after the failed migration HAProxy has %s in admin state %s, want 0 (ready)", server, state)
-		}
-	}
+	f.wantSwitchedNothing(good, pids)
 
 	// A commit that does not compile fails in the build, with the
 	// compiler's words in the log, and touches no node either.

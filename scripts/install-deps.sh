@@ -21,6 +21,10 @@ have curl || need+=(curl)
 have chromium || need+=(chromium)
 # erlang-nox lacks the compiler-dev bits Mix needs on some images.
 dpkg -s erlang-dev >/dev/null 2>&1 || need+=(erlang-dev)
+# PostgreSQL 15 for the test bed's db host (testbed/postgres.go runs its
+# initdb, postgres and psql), and the example app's driver (OTP app p1_pgsql).
+[ -x /usr/lib/postgresql/15/bin/postgres ] || need+=(postgresql)
+dpkg -s erlang-p1-pgsql >/dev/null 2>&1 || need+=(erlang-p1-pgsql)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0

@@ -21,6 +21,7 @@ type AppRepo struct {
 // deploy.yaml, by host name; NewAppRepo points them at the bed's hosts.
 var exampleAddrs = []struct{ name, addr string }{
 	{"build", "10.77.0.10"}, {"n1", "10.77.0.11"}, {"n2", "10.77.0.12"}, {"n3", "10.77.0.13"}, {"lb", "10.77.0.2"},
+	{"db", "10.77.0.14"},
 }
 
 // NewAppRepo copies the app at src into a new repository under dir, with

@@ -25,7 +25,10 @@ defmodule Chat.MixProject do
 
   def application do
     [
-      extra_applications: [:logger],
+      # p1_pgsql: Debian's PostgreSQL driver (erlang-p1-pgsql), found in the
+      # Erlang lib dir like an OTP app, so the release carries it in lib/;
+      # :crypto for its SCRAM-SHA-256 login (Chat.Repo).
+      extra_applications: [:logger, :crypto, :p1_pgsql],
       mod: {Chat.Application, []}
     ]
   end

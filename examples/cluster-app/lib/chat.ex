@@ -7,6 +7,7 @@ defmodule Chat do
 
     * `priv/REVISION` in the release: the commit it was built from
     * `<deploy_to>/shared/migrations.log`: one line per migration run here
+    * the database: `DATABASE_URL` (see `Chat.Repo`), when set
   """
 
   @doc "The commit this release was built from (from `priv/REVISION`)."
@@ -44,14 +45,55 @@ defmodule Chat do
     end
   end
 
-  @doc "What /health reports, in this order."
+  @doc """
+  What /health reports, in this order: a keyword list when the node is
+  healthy, `{:error, fields}` (the same fields) when it is not, which
+  `/health` must answer with a 503.
+
+  With `DATABASE_URL` set the last field is `db`, read from the database
+  just now: `[version: <latest schema_migrations version>, messages:
+  <rows in messages>]`, or `[error: <why>]` when that read failed, which
+  makes the node unhealthy. Without `DATABASE_URL` there is no `db` field.
+  """
   def health do
-    [
+    fields = [
       app: "chat",
       commit: commit(),
       node: Atom.to_string(node()),
       nodes: Node.list() |> Enum.map(&Atom.to_string/1) |> Enum.sort(),
       migrated: migrated()
     ]
+
+    case db() do
+      :none -> fields
+      {:ok, db} -> fields ++ [db: db]
+      {:error, reason} -> {:error, fields ++ [db: [error: reason]]}
+    end
   end
+
+  @doc """
+  What the database holds now (`health/0`'s `db`): `{:ok, [version: v,
+  messages: n]}`, `:none` without `DATABASE_URL`, or `{:error, reason}`.
+  One connection per call; within 2 s for the connect and 2 s for the
+  query, so a stuck database fails the health check instead of holding it.
+  """
+  def db do
+    case Chat.Repo.config() do
+      {:ok, config} ->
+        sql =
+          "SELECT (SELECT max(version) FROM schema_migrations), (SELECT count(*) FROM messages)"
+
+        case Chat.Repo.query(sql, config: config, connect_timeout: 2_000, timeout: 2_000) do
+          {:ok, [[version, count]]} -> {:ok, [version: to_int(version), messages: to_int(count)]}
+          {:ok, rows} -> {:error, "unexpected rows: #{inspect(rows)}"}
+          {:error, reason} -> {:error, reason}
+        end
+
+      other ->
+        other
+    end
+  end
+
+  defp to_int(nil), do: nil
+  defp to_int(s), do: String.to_integer(s)
 end

@@ -3,7 +3,8 @@ defmodule Chat.HTTP do
   A minimal HTTP/1.1 server on `:gen_tcp` (one process per connection,
   `Connection: close`), listening on all interfaces.
 
-    * `GET /health` - 200 with JSON: app, commit, node, nodes, migrated
+    * `GET /health` - 200 with JSON: app, commit, node, nodes, migrated, db
+      (with `DATABASE_URL`); 503 when the database cannot be read
     * `GET /` - a small page that loads `/assets/app.js` when it is bundled
     * `GET /assets/app.js` - the esbuild bundle from `priv/static/assets/app.js`
     * `GET /slow?ms=N` - `slow N` after sleeping N ms (0 to 30000): a request
@@ -184,8 +185,13 @@ defmodule Chat.HTTP do
     ])
   end
 
+  # 503 when the app cannot read its database: HAProxy's checks and the
+  # deploy's health check then count the node out.
   defp route(:GET, "/health", _query) do
-    {200, "application/json", json(Chat.health()) <> "\n"}
+    case Chat.health() do
+      {:error, fields} -> {503, "application/json", json(fields) <> "\n"}
+      fields -> {200, "application/json", json(fields) <> "\n"}
+    end
   end
 
   defp route(:GET, "/", _query) do
