@@ -957,7 +957,7 @@ func variantReport(w io.Writer, res *variantResult) {
 	}
 	p("| rest: recording the outcome, between phases | %.2f | |", (o.total - o.plan - phases).Seconds())
 	p("")
-	p("Its build ran the last step only (the others skipped, their inputs unchanged); Mix: \"%s\".", o.compiled)
+	p("Its build ran only the steps without `when_changed` (the release, and the check that the workspace is a git checkout of the commit); the others skipped, their inputs unchanged. Mix: \"%s\".", o.compiled)
 	p("")
 	p("Spent by kind (from `Deploy.Spent`):")
 	p("")

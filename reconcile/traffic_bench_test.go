@@ -15,7 +15,7 @@ import (
 )
 
 // BenchmarkDeployUnderTraffic measures what users see of a deploy, on one
-// test bed (a build host, three nodes, an HAProxy host): HTTP clients (a
+// test bed (a build host, three nodes, an HAProxy host, PostgreSQL): HTTP clients (a
 // new connection per request, and keep-alive) and, in (a) and (c),
 // WebSocket clients with a broadcast every half second, all through
 // HAProxy, during
@@ -232,7 +232,7 @@ func trafficReport(m machine, websockets int, rounds []trafficRound) string {
 	p("- Command: `%s`", benchCommand())
 	p("- Code: %s", m.code)
 	p("- Machine: %s CPUs, %s memory, Linux %s, Erlang/OTP %s, Elixir %s, %s", m.cpus, m.memory, m.kernel, m.otp, m.elixir, m.goVersion)
-	p("- Test bed: one bed as the deploy benchmark's (build, n1, n2, n3, lb); HAProxy 2.6 in front of the nodes (`timeout tunnel 1h`, health checks `inter 1s fall 2 rise 2`, no `option redispatch` or `retries`, which would hide a request sent to a stopping node); the load runs in the benchmark's own process, on the same 2 CPUs as every host.")
+	p("- Test bed: one bed as the deploy benchmark's (build, n1, n2, n3, lb, and db with PostgreSQL); HAProxy 2.6 in front of the nodes (`timeout tunnel 1h`, health checks `inter 1s fall 2 rise 2`, no `option redispatch` or `retries`, which would hide a request sent to a stopping node); the load runs in the benchmark's own process, on the same 2 CPUs as every host.")
 	p("- Load, through HAProxy: %d HTTP clients opening a connection per request and %d keeping theirs alive, each sending `GET /health` %v after each answer; in (a) and (c) %d WebSocket clients on `/socket/websocket` plus one broadcaster sending a message every %v, which every client on every node should receive; clients reconnect as Phoenix's JavaScript client does (10 ms, then backing off).", benchHTTPClients, benchHTTPClients, benchHTTPPause, websockets, benchBroadcastInterval)
 	p("")
 	p("Variants, in this order each round: **(b)** a rolling deploy of a one-line change with no WebSocket client; **(a)** the same with the WebSocket clients connected; **(c)** a commit whose nodes get another Erlang cookie, so that the first node fails its membership check (after `cluster.settle`, 15 s) and is rolled back, with the WebSocket clients connected (a commit undoing it is deployed after, unmeasured).")

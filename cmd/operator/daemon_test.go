@@ -234,13 +234,13 @@ func TestDaemon(t *testing.T) {
 		if code != 0 {
 			t.Errorf("hosts check: exit %d", code)
 		}
-		for _, h := range []string{"build", "n1", "n2", "n3", "lb"} {
+		for _, h := range testbed.ExampleHosts {
 			if !strings.Contains(out, h+" ") {
 				t.Errorf("hosts check does not list %s", h)
 			}
 		}
-		if strings.Count(out, " known ") != 5 {
-			t.Errorf("hosts check: want 5 hosts with known keys:\n%s", out)
+		if strings.Count(out, " known ") != len(testbed.ExampleHosts) {
+			t.Errorf("hosts check: want %d hosts with known keys:\n%s", len(testbed.ExampleHosts), out)
 		}
 		n2 := "chat@" + d.bed.Host("n2").Addr.String()
 		n3 := "chat@" + d.bed.Host("n3").Addr.String()
