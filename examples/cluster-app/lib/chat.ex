@@ -74,23 +74,17 @@ defmodule Chat do
   @doc """
   What the database holds now (`health/0`'s `db`): `{:ok, [version: v,
   messages: n]}`, `:none` without `DATABASE_URL`, or `{:error, reason}`.
-  One connection per call; within 2 s for the connect and 2 s for the
-  query, so a stuck database fails the health check instead of holding it.
+  On the connection the app keeps (`Chat.Repo.Conn`), within 2 s for a
+  connect and 2 s for the query, so a stuck database fails the health
+  check instead of holding it.
   """
   def db do
-    case Chat.Repo.config() do
-      {:ok, config} ->
-        sql =
-          "SELECT (SELECT max(version) FROM schema_migrations), (SELECT count(*) FROM messages)"
+    sql = "SELECT (SELECT max(version) FROM schema_migrations), (SELECT count(*) FROM messages)"
 
-        case Chat.Repo.query(sql, config: config, connect_timeout: 2_000, timeout: 2_000) do
-          {:ok, [[version, count]]} -> {:ok, [version: to_int(version), messages: to_int(count)]}
-          {:ok, rows} -> {:error, "unexpected rows: #{inspect(rows)}"}
-          {:error, reason} -> {:error, reason}
-        end
-
-      other ->
-        other
+    case Chat.Repo.Conn.query(sql, 2_000) do
+      {:ok, [[version, count]]} -> {:ok, [version: to_int(version), messages: to_int(count)]}
+      {:ok, rows} -> {:error, "unexpected rows: #{inspect(rows)}"}
+      other -> other
     end
   end
 

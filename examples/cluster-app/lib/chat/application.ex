@@ -6,6 +6,9 @@ defmodule Chat.Application do
   def start(_type, _args) do
     children = [
       Chat.Cluster,
+      # The database connection /health reads through (none without
+      # DATABASE_URL).
+      Chat.Repo.Conn,
       # Before Chat.HTTP: children stop in reverse order, so on shutdown the
       # listener closes first, then the hub closes every WebSocket (1001).
       Chat.Broadcast,

@@ -10,11 +10,12 @@ defmodule Chat.Repo do
   `bin/chat eval` sees it without booting the app, and without it there is
   no database (`config/0` returns `:none`).
 
-  One connection per call, no pool: `/health` and `migrate` are the only
-  users, a connection costs a few milliseconds here (TCP, SCRAM-SHA-256, the
-  driver's type query), and a pool would hold idle connections that the
-  server may close under it. Every step has a deadline: the connect
-  (`:connect_timeout`) and each statement (`:timeout`).
+  `query/2` and `transaction/2` open a connection for the call and close it
+  after (what `migrate` needs, run by `bin/chat eval` without the app);
+  the running app reads through the one connection `Chat.Repo.Conn` keeps,
+  since a connection costs a TCP connect and a SCRAM-SHA-256 login. Every
+  step has a deadline: the connect (`:connect_timeout`) and each statement
+  (`:timeout`).
 
   Results: `{:ok, rows}` with each row a list of column values as strings
   (`nil` for NULL) for the last statement that returned rows, or
