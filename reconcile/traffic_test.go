@@ -26,8 +26,9 @@ func startUserLoad(t *testing.T, f *fixture, websockets int) *userLoad {
 	base := "http://" + f.bed.Host("lb").Addr.String() + ":80"
 	l := &userLoad{
 		users: &traffic.Load{BaseURL: base, NewConnClients: 3, KeepAliveClients: 3, Paths: []string{"/health", "/"}, WSClients: websockets},
-		// Back to back, so that a node about to drain has one in flight.
-		slow: &traffic.Load{BaseURL: base, KeepAliveClients: 4, Paths: []string{"/slow?ms=2000"}, Pause: 10 * time.Millisecond},
+		// Back to back, two a node, so that a node about to drain has one in
+		// flight.
+		slow: &traffic.Load{BaseURL: base, KeepAliveClients: 6, Paths: []string{"/slow?ms=2000"}, Pause: 10 * time.Millisecond},
 	}
 	for _, load := range []*traffic.Load{l.users, l.slow} {
 		if err := load.Start(t.Context()); err != nil {
