@@ -77,6 +77,43 @@ func CheckSet(out []byte) error {
 	return nil
 }
 
+// ShowServersState returns the command that prints backend's servers as
+// HAProxy keeps them (`show servers state`); ParseDrained reads it.
+func (h HAProxy) ShowServersState(backend string) (Cmd, error) {
+	if !haproxyName.MatchString(backend) {
+		return Cmd{}, fmt.Errorf("haproxy backend %q: names may hold letters, digits, _ . : -", backend)
+	}
+	return h.command("show servers state " + backend)
+}
+
+// adminDrain is the bit of srv_admin_state that `set server … state drain`
+// sets (SRV_ADMF_FDRAIN); maintenance has bits of its own.
+const adminDrain = 0x08
+
+// ParseDrained reads ShowServersState's output for backend: the servers
+// drained by `set server … state drain`. The format, as HAProxy 2.6 prints
+// it: a version line ("1"), a "# be_id be_name srv_id srv_name srv_addr
+// srv_op_state srv_admin_state …" header, then a line a server.
+func ParseDrained(out []byte, backend string) (map[string]bool, error) {
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	if len(lines) < 2 || strings.TrimSpace(lines[0]) != "1" || !strings.HasPrefix(lines[1], "# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state") {
+		return nil, fmt.Errorf("haproxy show servers state: unreadable output %q", firstLine(string(out)))
+	}
+	drained := map[string]bool{}
+	for _, line := range lines[2:] {
+		f := strings.Fields(line)
+		if len(f) < 7 || f[1] != backend {
+			continue
+		}
+		admin, err := strconv.Atoi(f[6])
+		if err != nil {
+			return nil, fmt.Errorf("haproxy %s/%s: srv_admin_state %q", backend, f[3], f[6])
+		}
+		drained[f[3]] = admin&adminDrain != 0
+	}
+	return drained, nil
+}
+
 // ShowStat returns the command that prints HAProxy's statistics as CSV;
 // ParseStat reads a server's line from it.
 func (h HAProxy) ShowStat() (Cmd, error) { return h.command("show stat") }

@@ -231,3 +231,33 @@ func containsField(out, name string, i int, want string) bool {
 	}
 	return false
 }
+
+func TestParseDrained(t *testing.T) {
+	const head = "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight srv_time_since_last_change srv_check_status srv_check_result srv_check_health srv_check_state srv_agent_state bk_f_forced_id srv_f_forced_id srv_fqdn srv_port srvrecord srv_use_ssl srv_check_port srv_check_addr srv_agent_addr srv_agent_port\n"
+	got, err := ParseDrained([]byte(head+
+		"3 chat 1 n1 10.0.0.11 2 0 1 1 5 6 3 4 6 0 0 0 - 4000 - 0 0 - - 0\n"+
+		"3 chat 2 n2 10.0.0.12 2 8 1 1 5 6 3 4 6 0 0 0 - 4000 - 0 0 - - 0\n"+
+		"3 chat 3 n3 10.0.0.13 0 9 1 1 5 6 3 4 6 0 0 0 - 4000 - 0 0 - - 0\n"+
+		"4 other 1 n4 10.0.0.14 2 8 1 1 5 6 3 4 6 0 0 0 - 4000 - 0 0 - - 0\n"+
+		"3 chat 4 n5 10.0.0.15 2 1 1 1 5 6 3 4 6 0 0 0 - 4000 - 0 0 - - 0\n"), "chat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]bool{"n1": false, "n2": true, "n3": true, "n5": false}
+	if len(got) != len(want) {
+		t.Errorf("got %v, want %v", got, want)
+	}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("%s drained: %v, want %v", k, got[k], v)
+		}
+	}
+	for _, bad := range []string{"", "No such backend.\n"} {
+		if _, err := ParseDrained([]byte(bad), "chat"); err == nil {
+			t.Errorf("ParseDrained(%q): no error", bad)
+		}
+	}
+	if _, err := ParseDrained([]byte(head+"3 chat 1 n1 10.0.0.11 2 x 1 1\n"), "chat"); err == nil {
+		t.Error("an admin state that is not a number: no error")
+	}
+}

@@ -66,11 +66,21 @@ func newFixtureOf(t testing.TB, src string) *fixture {
 
 // newOperator wires an operator as cmd/operator does, on one state dir.
 func newOperator(repo, state, key, knownHosts string, logTo io.Writer, progress func(string)) (*hosts.Pool, *history.Store, *reconcile.Reconciler, error) {
+	return newOperatorWith(repo, state, key, knownHosts, logTo, progress, nil)
+}
+
+// newOperatorWith is newOperator with the SSH pool's config adjusted by
+// mod, when not nil.
+func newOperatorWith(repo, state, key, knownHosts string, logTo io.Writer, progress func(string), mod func(*hosts.Config)) (*hosts.Pool, *history.Store, *reconcile.Reconciler, error) {
 	mirror, err := gitsrc.Open(gitsrc.Options{URL: repo, Branch: "main", Dir: filepath.Join(state, "mirror")})
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	pool, err := hosts.NewPool(hosts.Config{Identity: key, KnownHosts: knownHosts})
+	cfg := hosts.Config{Identity: key, KnownHosts: knownHosts}
+	if mod != nil {
+		mod(&cfg)
+	}
+	pool, err := hosts.NewPool(cfg)
 	if err != nil {
 		return nil, nil, nil, err
 	}

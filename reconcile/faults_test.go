@@ -1,15 +1,12 @@
 package reconcile_test
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -284,26 +281,8 @@ func TestOperatorKilledMidRolloutConverges(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, killAt := range []string{"rollout 2/3"} {
-		cmd := exec.Command(os.Args[0], "-test.run=^TestHelperOperator$")
-		cmd.Env = append(os.Environ(), "OPERATOR_HELPER=1", "HELPER_REPO="+f.repo.Bare, "HELPER_STATE="+f.state,
-			"HELPER_KEY="+f.bed.ClientKey, "HELPER_KNOWN_HOSTS="+f.bed.KnownHosts)
-		stdout, _ := cmd.StdoutPipe()
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			t.Log("killed operator: " + sc.Text())
-			if strings.HasPrefix(sc.Text(), killAt) {
-				// Let it get into the node's restart, then kill it hard.
-				time.Sleep(700 * time.Millisecond)
-				cmd.Process.Signal(syscall.SIGKILL)
-				break
-			}
-		}
-		cmd.Wait()
-	}
+	// Let it get into a node's restart, then kill it hard.
+	f.runKilledOperator(t, "rollout 2/3", 700*time.Millisecond)
 	// The killed deploy is marked interrupted when the history is opened
 	// again, and a new operator converges from what the hosts say.
 	hist, err := history.Open(f.state)

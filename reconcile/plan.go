@@ -45,6 +45,11 @@ type Node struct {
 	// the ping observe started and takes its word (see observe).
 	Running  bool
 	Releases []hosts.Release
+	// Drained is whether the load balancer has the node drained: a deploy
+	// that stopped between a node's drain and its return (its operator
+	// killed, say) left it so, and it is not up to date until a rollout
+	// has checked it and put it back.
+	Drained bool
 
 	// migrated is whether the node records that the desired commit's
 	// migration ran (the first node runs it).
@@ -67,8 +72,8 @@ type pingResult struct {
 // Name is the node's host name in the manifest.
 func (n *Node) Name() string { return n.Host.Name }
 
-// upToDate reports whether the node runs commit.
-func (n *Node) upToDate(commit string) bool { return n.Current == commit && n.Running }
+// upToDate reports whether the node runs commit and serves.
+func (n *Node) upToDate(commit string) bool { return n.Current == commit && n.Running && !n.Drained }
 
 // NothingToDo reports whether every node already runs the desired commit.
 func (p *Plan) NothingToDo() bool {
@@ -107,6 +112,8 @@ func (p *Plan) String() string {
 		switch {
 		case n.upToDate(p.Commit.SHA):
 			action = "unchanged"
+		case n.Current == p.Commit.SHA && n.Running:
+			action = "restart and check (left drained in the load balancer by a deploy that did not finish)"
 		case n.Current == p.Commit.SHA:
 			action = "start (it is on the commit but not running)"
 		case n.Current == "":
@@ -115,6 +122,9 @@ func (p *Plan) String() string {
 		state := "stopped"
 		if n.Running {
 			state = "running"
+		}
+		if n.Drained {
+			state += ", drained"
 		}
 		fmt.Fprintf(&b, "node %d/%d %s: on %s (%s): %s\n", i+1, len(p.Nodes), n.Name(), orNone(short(n.Current)), state, action)
 	}
@@ -211,8 +221,40 @@ func (r *Reconciler) PlanAt(ctx context.Context, rev string) (*Plan, error) {
 			errs[len(p.Nodes)] = classify("observe", p.Build.Name, err)
 		}
 	}()
+	var drained map[string]bool
+	if lb := m.LoadBalancer; lb != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			drained = r.drained(ctx, m)
+		}()
+	}
 	wg.Wait()
+	for _, n := range p.Nodes {
+		n.Drained = drained[n.Name()]
+	}
 	return p, errors.Join(errs...)
+}
+
+// drained reads which nodes the load balancer has drained. A load
+// balancer that cannot be read fails no plan (the rollout's drain will
+// say what is wrong with it): then none is taken as drained.
+func (r *Reconciler) drained(ctx context.Context, m *manifests.Manifest) map[string]bool {
+	lb := m.LoadBalancer.HAProxy
+	lbHost := target(m.Hosts[lb.Host])
+	lbHost.Name = lb.Host
+	c, err := hosts.HAProxy{Socket: lb.Socket}.ShowServersState(lb.Backend)
+	if err == nil {
+		var out []byte
+		if out, err = r.Fleet.Output(ctx, lbHost, c); err == nil {
+			var d map[string]bool
+			if d, err = hosts.ParseDrained(out, lb.Backend); err == nil {
+				return d
+			}
+		}
+	}
+	r.logger().Warn("cannot tell which nodes the load balancer has drained", "host", lb.Host, "err", err)
+	return nil
 }
 
 // operatorDir is where the operator keeps its records on a node.

@@ -157,6 +157,18 @@ func (r *Reconciler) rollout(ctx context.Context, run *run) error {
 			todo = append(todo, n)
 		}
 	}
+	// A node left drained by a deploy that did not finish goes first: until
+	// it is checked and back (or rolled back), a release it runs that
+	// cannot join would fail every other node's membership check.
+	slices.SortStableFunc(todo, func(a, b *Node) int {
+		switch {
+		case a.Drained == b.Drained:
+			return 0
+		case a.Drained:
+			return -1
+		}
+		return 1
+	})
 	batch := max(p.Manifest.Rollout.Batch, 1)
 	for i := 0; i < len(todo); i += batch {
 		nodes := todo[i:min(i+batch, len(todo))]

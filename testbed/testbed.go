@@ -376,6 +376,33 @@ func (h *Host) StopSSHD() error {
 	return fmt.Errorf("sshd still listening on %s", addr)
 }
 
+// Reboot kills every process of the host at once (KILL: its sshd, the
+// sessions it runs and whatever they started, the app and epmd too), as a
+// crash or a power cut would, waits down for the given time, and starts
+// sshd again as the host's boot would. Nothing else comes back by itself:
+// there is no init to start the app. Files stay as they were (its disks).
+func (h *Host) Reboot(ctx context.Context, down time.Duration) error {
+	h.mu.Lock()
+	keeper := h.keeper.Process.Pid
+	sshd := h.sshd
+	h.sshd = nil
+	h.mu.Unlock()
+	for _, pid := range namespacePIDs(ctx, h.Namespace) {
+		if pid != fmt.Sprint(keeper) {
+			run(ctx, "kill", "-KILL", pid)
+		}
+	}
+	if sshd != nil {
+		sshd.Process.Kill()
+	}
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(down):
+	}
+	return h.StartSSHD(ctx)
+}
+
 // Cut takes the host off the network (its link to the bridge goes down), as
 // a failed switch or a partition would: packets to and from it are lost.
 func (h *Host) Cut(ctx context.Context) error {
