@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -131,7 +132,8 @@ type Store struct {
 
 // Open opens the history in stateDir, creating the directory and the
 // database when missing and bringing its schema up to date, and marks
-// deploys left running by an operator process that is gone as interrupted.
+// deploys left running by an operator process that is gone as interrupted,
+// a predecessor that had this process's PID included.
 // Close it when done: that commits the log lines still queued.
 func Open(stateDir string) (*Store, error) {
 	if err := os.MkdirAll(stateDir, 0o750); err != nil {
@@ -235,11 +237,13 @@ func markInterrupted(db *sql.DB) error {
 	return nil
 }
 
-// deadRunning returns the running deploys whose operator process is gone.
+// deadRunning returns the running deploys whose operator process is gone:
+// one whose PID no process has, or whose PID a later process has (see
+// processIdentity).
 // It only reads, so a CLI opening the history while the daemon deploys
 // takes no write lock.
 func deadRunning(db *sql.DB) ([]int64, error) {
-	rows, err := db.Query(`SELECT id, pid FROM deploys WHERE result = ?`, Running)
+	rows, err := db.Query(`SELECT id, pid, process FROM deploys WHERE result = ?`, Running)
 	if err != nil {
 		return nil, fmt.Errorf("find running deploys: %w", err)
 	}
@@ -248,10 +252,11 @@ func deadRunning(db *sql.DB) ([]int64, error) {
 	for rows.Next() {
 		var id int64
 		var pid int
-		if err := rows.Scan(&id, &pid); err != nil {
+		var process string
+		if err := rows.Scan(&id, &pid, &process); err != nil {
 			return nil, fmt.Errorf("find running deploys: %w", err)
 		}
-		if !processAlive(pid) {
+		if !processAlive(pid, process) {
 			ids = append(ids, id)
 		}
 	}
@@ -259,17 +264,6 @@ func deadRunning(db *sql.DB) ([]int64, error) {
 		return nil, fmt.Errorf("find running deploys: %w", err)
 	}
 	return ids, nil
-}
-
-func processAlive(pid int) bool {
-	if pid <= 0 {
-		return false
-	}
-	if pid == os.Getpid() {
-		return true
-	}
-	_, err := os.Stat(fmt.Sprintf("/proc/%d", pid))
-	return err == nil
 }
 
 // Close commits the queued log lines and record changes, ends every
@@ -300,8 +294,8 @@ func (s *Store) Begin(env, commit, subject, trigger string) (*Recorder, error) {
 	default:
 	}
 	d := &Deploy{Env: env, Commit: commit, Subject: subject, Trigger: trigger, Started: time.Now(), Result: Running, PID: os.Getpid()}
-	res, err := s.db.Exec(`INSERT INTO deploys (env, commit_sha, subject, trigger, started, result, pid) VALUES (?, ?, ?, ?, ?, ?, ?)`,
-		d.Env, d.Commit, d.Subject, d.Trigger, d.Started.UnixNano(), d.Result, d.PID)
+	res, err := s.db.Exec(`INSERT INTO deploys (env, commit_sha, subject, trigger, started, result, pid, process) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+		d.Env, d.Commit, d.Subject, d.Trigger, d.Started.UnixNano(), d.Result, d.PID, thisProcess())
 	if err != nil {
 		return nil, fmt.Errorf("begin deploy of %s: %w", commit, err)
 	}
@@ -470,6 +464,80 @@ func (s *Store) LogLines(id int64, after int64, limit int) ([]LogLine, error) {
 		}
 	}
 	return out, nil
+}
+
+// LogSpan is where a page of a deploy's log lies: the numbers of its first
+// and last lines (both 0 for a page without any), and whether the log has
+// lines before and after them.
+type LogSpan struct {
+	First, Last    int64
+	Earlier, Later bool
+}
+
+// LogTail returns the span of the last n lines of deploy id's log numbered
+// below before, or of the whole log when before <= 0 (all of them when
+// n <= 0): a page that shows the end of a log, or the lines before those
+// a reader has. Read its lines with LogLines from First-1 up to Last. It
+// reads line numbers only, not lines, in one snapshot. An unknown id is an
+// error wrapping ErrNotFound.
+func (s *Store) LogTail(id, before int64, n int) (LogSpan, error) {
+	span, err := s.logTail(id, before, n)
+	if err != nil {
+		return LogSpan{}, fmt.Errorf("read log of deploy %d: %w", id, err)
+	}
+	return span, nil
+}
+
+func (s *Store) logTail(id, before int64, n int) (LogSpan, error) {
+	if before <= 0 {
+		before = math.MaxInt64
+	}
+	tx, err := s.db.BeginTx(context.Background(), &sql.TxOptions{ReadOnly: true}) // a deferred BEGIN: no write lock
+	if err != nil {
+		return LogSpan{}, err
+	}
+	defer tx.Rollback()
+	var span LogSpan
+	var last sql.NullInt64
+	if err := tx.QueryRow(`SELECT MAX(seq) FROM log_lines WHERE deploy_id = ? AND seq < ?`, id, before).Scan(&last); err != nil {
+		return LogSpan{}, err
+	}
+	if !last.Valid {
+		var one int
+		err := tx.QueryRow(`SELECT 1 FROM deploys WHERE id = ?`, id).Scan(&one)
+		if errors.Is(err, sql.ErrNoRows) {
+			return LogSpan{}, ErrNotFound
+		}
+		if err != nil {
+			return LogSpan{}, err
+		}
+		err = tx.QueryRow(`SELECT EXISTS (SELECT 1 FROM log_lines WHERE deploy_id = ? AND seq >= ?)`, id, before).Scan(&span.Later)
+		return span, err
+	}
+	span.Last = last.Int64
+	// The nth line counting back from the last is the first; a line after
+	// it in that order is an earlier one. With fewer than n lines, the
+	// first is the log's.
+	var seqs []int64
+	if n > 0 {
+		err = query(tx, `SELECT seq FROM log_lines WHERE deploy_id = ? AND seq <= ? ORDER BY seq DESC LIMIT 2 OFFSET ?`,
+			[]any{id, span.Last, n - 1}, func(rows *sql.Rows) error {
+				var seq int64
+				err := rows.Scan(&seq)
+				seqs = append(seqs, seq)
+				return err
+			})
+		if err != nil {
+			return LogSpan{}, err
+		}
+	}
+	if len(seqs) > 0 {
+		span.First, span.Earlier = seqs[0], len(seqs) > 1
+	} else if err := tx.QueryRow(`SELECT MIN(seq) FROM log_lines WHERE deploy_id = ?`, id).Scan(&span.First); err != nil {
+		return LogSpan{}, err
+	}
+	err = tx.QueryRow(`SELECT EXISTS (SELECT 1 FROM log_lines WHERE deploy_id = ? AND seq > ?)`, id, span.Last).Scan(&span.Later)
+	return span, err
 }
 
 // exists returns nil when the history holds deploy id, or ErrNotFound.

@@ -1,10 +1,12 @@
 package history
 
 import (
+	"database/sql"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -246,6 +248,54 @@ func TestLogLinesPages(t *testing.T) {
 	}
 }
 
+func TestLogTail(t *testing.T) {
+	s := open(t, t.TempDir())
+	r, _ := s.Begin("production", "abc", "", "manual")
+	for i := 1; i <= 11; i++ {
+		r.Line("n1", "stdout", fmt.Sprint(i))
+	}
+	if err := r.Finish(Success, "done"); err != nil { // line 12
+		t.Fatal(err)
+	}
+	// A batch the history failed to commit leaves a gap: 5 and 6.
+	if _, err := s.db.Exec(`DELETE FROM log_lines WHERE deploy_id = ? AND seq IN (5, 6)`, r.ID()); err != nil {
+		t.Fatal(err)
+	}
+	empty, _ := s.Begin("production", "def", "", "manual")
+	for _, tc := range []struct {
+		id     int64
+		before int64
+		n      int
+		want   LogSpan
+	}{
+		{r.ID(), 0, 3, LogSpan{First: 10, Last: 12, Earlier: true}},
+		{r.ID(), 10, 3, LogSpan{First: 7, Last: 9, Earlier: true, Later: true}},
+		{r.ID(), 8, 3, LogSpan{First: 3, Last: 7, Earlier: true, Later: true}}, // 3, 4, 7
+		{r.ID(), 5, 3, LogSpan{First: 2, Last: 4, Earlier: true, Later: true}},
+		{r.ID(), 4, 3, LogSpan{First: 1, Last: 3, Later: true}},
+		{r.ID(), 3, 3, LogSpan{First: 1, Last: 2, Later: true}},
+		{r.ID(), 1, 3, LogSpan{Later: true}},
+		{r.ID(), 0, 0, LogSpan{First: 1, Last: 12}},
+		{r.ID(), 0, 10, LogSpan{First: 1, Last: 12}}, // the whole log is 10 lines
+		{r.ID(), 0, 11, LogSpan{First: 1, Last: 12}},
+		{r.ID(), 99, 2, LogSpan{First: 11, Last: 12, Earlier: true}},
+		{empty.ID(), 0, 3, LogSpan{}},
+	} {
+		t.Run(fmt.Sprintf("deploy %d before %d n %d", tc.id, tc.before, tc.n), func(t *testing.T) {
+			got, err := s.LogTail(tc.id, tc.before, tc.n)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != tc.want {
+				t.Errorf("got %+v, want %+v", got, tc.want)
+			}
+		})
+	}
+	if _, err := s.LogTail(99, 0, 3); !errors.Is(err, ErrNotFound) {
+		t.Errorf("LogTail of an unknown deploy: got %v, want an error wrapping ErrNotFound", err)
+	}
+}
+
 // The CLI opens the history while the daemon runs a deploy, and reads it.
 func TestSecondStoreReadsWhatTheFirstWrote(t *testing.T) {
 	dir := t.TempDir()
@@ -343,6 +393,115 @@ func TestRunningDeployOfADeadOperatorIsInterrupted(t *testing.T) {
 	log := readLog(t, s2, dead.ID())
 	if !strings.Contains(log, " n1 stdout stopping\n") || !strings.Contains(log, " - op result interrupted: ") {
 		t.Errorf("the interrupted deploy's log:\n%s", log)
+	}
+}
+
+// setProcess makes deploy id's record name identity as its operator's.
+func setProcess(t *testing.T, s *Store, id int64, identity string) {
+	t.Helper()
+	if _, err := s.db.Exec(`UPDATE deploys SET process = ? WHERE id = ?`, identity, id); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// An operator in a container is PID 1 every time: its predecessor's
+// deploy, left running when it was killed, has this process's PID but not
+// its identity, and is marked interrupted all the same.
+func TestRunningDeployOfAPredecessorWithTheSamePIDIsInterrupted(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	predecessor, _ := s.Begin("production", "abc", "", "manual")
+	predecessor.Line("n1", "stdout", "stopping")
+	mine, _ := s.Begin("staging", "abc", "", "manual")
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = open(t, dir)
+	// The predecessor had this PID and started before this process: the
+	// same boot, another start time.
+	boot, _ := bootID()
+	setProcess(t, s, predecessor.ID(), boot+"/1")
+	s2 := open(t, dir)
+
+	for _, tc := range []struct {
+		id   int64
+		want Result
+	}{
+		{predecessor.ID(), Interrupted},
+		{mine.ID(), Running},
+	} {
+		d, err := s2.Get(tc.id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d.PID != os.Getpid() {
+			t.Errorf("deploy %d: PID %d, want this process's %d", tc.id, d.PID, os.Getpid())
+		}
+		if d.Result != tc.want {
+			t.Errorf("deploy %d: got %s, want %s", tc.id, d.Result, tc.want)
+		}
+	}
+	if log := readLog(t, s2, predecessor.ID()); !strings.Contains(log, " - op result interrupted: ") {
+		t.Errorf("the interrupted deploy's log:\n%s", log)
+	}
+}
+
+// A database of schema version 1 has no process identities: Open adds
+// them, and judges the running deploys it holds by their PIDs, as before,
+// except that one with this process's PID cannot be this process's.
+func TestOpenMigratesVersion1(t *testing.T) {
+	dir := t.TempDir()
+	db, err := sql.Open("sqlite", dsn(filepath.Join(dir, fileName)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(migrations[0] + `PRAGMA user_version = 1;`); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []struct {
+		id  int64
+		pid int
+	}{{1, 1}, {2, 1 << 30}, {3, os.Getpid()}} {
+		if _, err := db.Exec(`INSERT INTO deploys (id, env, commit_sha, trigger, started, result, pid) VALUES (?, 'production', 'abc', 'manual', ?, 'running', ?)`,
+			d.id, time.Now().UnixNano(), d.pid); err != nil {
+			t.Fatal(err)
+		}
+	}
+	db.Close()
+
+	s := open(t, dir)
+	var version int
+	s.db.QueryRow(`PRAGMA user_version`).Scan(&version)
+	if version != 2 {
+		t.Errorf("user_version %d after Open, want 2", version)
+	}
+	for _, tc := range []struct {
+		id   int64
+		want Result
+	}{
+		{1, Running},     // PID 1 runs
+		{2, Interrupted}, // no such process
+		{3, Interrupted}, // an earlier process with this PID
+	} {
+		d, err := s.Get(tc.id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d.Result != tc.want {
+			t.Errorf("deploy %d of PID %d: got %s, want %s", tc.id, d.PID, d.Result, tc.want)
+		}
+	}
+	r, err := s.Begin("production", "def", "", "manual")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var identity string
+	s.db.QueryRow(`SELECT process FROM deploys WHERE id = ?`, r.ID()).Scan(&identity)
+	if identity != thisProcess() || identity == "" {
+		t.Errorf("a new deploy records process %q, want %q", identity, thisProcess())
 	}
 }
 
@@ -502,19 +661,58 @@ func TestSchema(t *testing.T) {
 }
 
 func TestProcessAlive(t *testing.T) {
+	self := thisProcess()
+	if self == "" {
+		t.Fatal("this process has no identity: the test needs Linux's /proc")
+	}
+	boot, _ := bootID()
+	initID, err := processIdentity(1)
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
-		name string
-		pid  int
-		want bool
+		name     string
+		pid      int
+		identity string
+		want     bool
 	}{
-		{"none", 0, false},
-		{"this process", os.Getpid(), true},
-		{"init", 1, true},
-		{"impossible", 1 << 30, false},
+		{"none", 0, "", false},
+		{"this process", os.Getpid(), self, true},
+		{"init", 1, initID, true},
+		{"impossible", 1 << 30, "", false},
+		{"impossible, identified", 1 << 30, boot + "/1", false},
+		// A restarted operator has its predecessor's PID, not its start.
+		{"this PID, started earlier", os.Getpid(), boot + "/1", false},
+		{"this PID, before the last boot", os.Getpid(), "another-boot/" + strings.TrimPrefix(self, boot+"/"), false},
+		{"init, started later", 1, initID + "1", false},
+		// Records from before identities go by the PID, as then; this
+		// process identifies its own, so one of its PID without is a
+		// predecessor's.
+		{"init, unidentified", 1, "", true},
+		{"this PID, unidentified", os.Getpid(), "", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := processAlive(tc.pid); got != tc.want {
-				t.Errorf("processAlive(%d): got %v, want %v", tc.pid, got, tc.want)
+			if got := processAlive(tc.pid, tc.identity); got != tc.want {
+				t.Errorf("processAlive(%d, %q): got %v, want %v", tc.pid, tc.identity, got, tc.want)
+			}
+		})
+	}
+}
+
+func TestStartTime(t *testing.T) {
+	rest := " S 0 1 1 0 -1 4194560 100 0 0 0 5 3 0 0 20 0 1 0 487385 12345 678 18446744073709551615"
+	for _, tc := range []struct {
+		name, stat, want string
+	}{
+		{"plain", "1234 (operator)" + rest, "487385"},
+		{"spaces and parentheses in the name", "1234 (op (x) ) y)" + rest, "487385"},
+		{"cut short", "1234 (operator) S 0 1", ""},
+		{"no name", "1234 operator", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := startTime([]byte(tc.stat))
+			if got != tc.want || (err != nil) != (tc.want == "") {
+				t.Errorf("startTime: got %q, %v; want %q", got, err, tc.want)
 			}
 		})
 	}

@@ -73,6 +73,13 @@ CREATE TABLE locks (
 	since  INTEGER NOT NULL
 ) WITHOUT ROWID;
 `,
+	// 2: the operator process of a deploy, told apart from a later one
+	// with the same PID (PID 1 in every container) by the kernel's boot
+	// ID and the process's start time. Rows from before read '' and are
+	// judged by their PID alone.
+	`
+ALTER TABLE deploys ADD COLUMN process TEXT NOT NULL DEFAULT '';
+`,
 }
 
 // migrate brings the schema to len(migrations). The version is read again

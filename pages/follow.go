@@ -29,6 +29,14 @@ const (
 	catchUpPage = 1000
 )
 
+// writeWait bounds each write of an event stream, in place of the server's
+// WriteTimeout: that one counts from the request, and would cut the
+// stream of a deploy that runs longer; this one counts from each write, so
+// a reader that stops taking the stream, and does not hang up, is let go
+// after it rather than held for the rest of the deploy. A variable so that
+// tests can shorten it.
+var writeWait = 30 * time.Second
+
 // endEvent is the data of the stream's last event: the deploy's result
 // and its record as the page renders it.
 type endEvent struct {
@@ -56,6 +64,10 @@ type recordEvent struct {
 // When the channel closes with the deploy still running (this reader fell
 // behind, or another process runs the deploy) it catches up and
 // subscribes again, pausing pollEvery between rounds.
+//
+// The stream lasts as long as the deploy, longer than a server's
+// WriteTimeout: it clears the server's deadline and gives each write its
+// own, writeWait.
 func (h *handler) events(w http.ResponseWriter, r *http.Request) {
 	d, ok := h.lookup(w, r)
 	if !ok {
@@ -70,11 +82,15 @@ func (h *handler) events(w http.ResponseWriter, r *http.Request) {
 	hd.Set("Content-Type", "text/event-stream")
 	hd.Set("Cache-Control", "no-store")
 	hd.Set("X-Accel-Buffering", "no") // nginx: pass events on as they come
-	rc := http.NewResponseController(w)
-	rc.SetWriteDeadline(time.Time{}) // a server's WriteTimeout would cut a long deploy's stream
+	f := &follower{h: h, w: w, rc: http.NewResponseController(w), id: d.ID, after: after}
+	// The server's write deadline goes; each write sets one of its own.
+	if err := f.rc.SetWriteDeadline(time.Time{}); err != nil {
+		h.o.Log.Warn("follow deploy: the server's write timeout will cut the stream", "deploy", d.ID, "err", err)
+	} else {
+		f.deadlines = true
+	}
 	w.WriteHeader(http.StatusOK)
 
-	f := &follower{h: h, w: w, rc: rc, id: d.ID, after: after}
 	// A reader going away ends its stream; nothing to report then. Else
 	// the history failed mid-stream, where only the log can tell.
 	if err := f.run(r); err != nil && r.Context().Err() == nil {
@@ -106,6 +122,9 @@ type follower struct {
 	rc    *http.ResponseController
 	id    int64
 	after int64 // the last line sent
+	// deadlines says the connection takes write deadlines: each write
+	// and flush sets one writeWait ahead.
+	deadlines bool
 	// dirty is set by a line of the operator's own since the last record
 	// sent: the record may have changed with it.
 	dirty      bool
@@ -119,7 +138,7 @@ func (f *follower) run(r *http.Request) error {
 	tick := time.NewTicker(recordEvery)
 	defer tick.Stop()
 	// The browser waits this long before reconnecting a dropped stream.
-	if _, err := io.WriteString(f.w, "retry: 2000\n\n"); err != nil {
+	if err := f.write([]byte("retry: 2000\n\n")); err != nil {
 		return err
 	}
 	for {
@@ -194,7 +213,7 @@ func (f *follower) followChannel(ctx context.Context, lines <-chan history.LogLi
 				return err
 			}
 		case <-keep:
-			if _, err := io.WriteString(f.w, ": keep-alive\n\n"); err != nil {
+			if err := f.write([]byte(": keep-alive\n\n")); err != nil {
 				return err
 			}
 		case <-ctx.Done():
@@ -277,11 +296,29 @@ func (f *follower) event(name string, id int64, v any) error {
 		fmt.Fprintf(&b, "id: %d\n", id)
 	}
 	fmt.Fprintf(&b, "data: %s\n\n", data)
-	_, err = f.w.Write(b.Bytes())
+	return f.write(b.Bytes())
+}
+
+// write sends b, which the server may keep in its buffer until a flush,
+// or send at once when the buffer fills: either way under a fresh
+// deadline.
+func (f *follower) write(b []byte) error {
+	f.arm()
+	_, err := f.w.Write(b)
 	return err
 }
 
-func (f *follower) flush() error { return f.rc.Flush() }
+func (f *follower) flush() error {
+	f.arm()
+	return f.rc.Flush()
+}
+
+// arm sets the write deadline writeWait ahead.
+func (f *follower) arm() {
+	if f.deadlines {
+		f.rc.SetWriteDeadline(time.Now().Add(writeWait))
+	}
+}
 
 // recordHTML renders d's record section, as on its page.
 func recordHTML(d *history.Deploy) (string, error) {

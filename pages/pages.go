@@ -1,7 +1,9 @@
 // Package pages is the operator's web pages: GET / (the environment, its
 // lock, what is deploying, each node's commit and the recent deploys) and
-// GET /deploys/{id} (one deploy's record and whole log, followed live
-// while it runs through the server-sent events of GET /deploys/{id}/events).
+// GET /deploys/{id} (one deploy's record and the end of its log, earlier
+// lines a page back at a time with ?before=, the end followed live while
+// the deploy runs through the server-sent events of
+// GET /deploys/{id}/events).
 //
 // The pages are complete without JavaScript: everything is rendered on the
 // server by html/template, which escapes every value that comes from git
@@ -15,6 +17,7 @@
 package pages
 
 import (
+	"bufio"
 	"bytes"
 	"cmp"
 	"crypto/sha256"
@@ -23,6 +26,7 @@ import (
 	"errors"
 	"fmt"
 	"html/template"
+	"iter"
 	"log/slog"
 	"net/http"
 	"net/url"
@@ -273,12 +277,32 @@ func (h *handler) nodesFromHistory(deploys []*history.Deploy) []nodeRow {
 	return rows
 }
 
+// tailLines is how many lines of its log a deploy's page shows: the last
+// ones, or those before the line its ?before= names. A build can log tens
+// of thousands; a page of all of them costs its reader's browser, and the
+// server, too much.
+const tailLines = 500
+
+// logPage is how many lines the page reads from the history at a time,
+// writing each page out before reading the next.
+const logPage = 100
+
 type deployPage struct {
 	page
-	D     *history.Deploy
-	Lines []line
+	D *history.Deploy
+	// Lines yields the log lines the page shows, read from the history as
+	// the page is written.
+	Lines iter.Seq[line]
 	// Seq is the last line's number: the script asks for the lines after it.
 	Seq int64
+	// Span is where the lines shown lie in the log; Before is the ?before=
+	// they were asked with, 0 for the end of the log.
+	Span   history.LogSpan
+	Before int64
+	// Later is the ?before= of the page after this one.
+	Later int64
+	// LogErr is the error that cut the log short, set once Lines ends.
+	LogErr error
 }
 
 func (h *handler) deploy(w http.ResponseWriter, r *http.Request) {
@@ -286,24 +310,69 @@ func (h *handler) deploy(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	before, err := beforeOf(r)
+	if err != nil {
+		h.fail(w, r, http.StatusBadRequest, err.Error())
+		return
+	}
 	// The record is read before the log, so a deploy that ends in between
-	// shows as running with its whole log, and its script gets the end at
-	// once; never as ended with its last lines missing.
-	lines, err := h.o.History.LogLines(d.ID, 0, 0)
+	// shows as running with its log to the last line then, and its script
+	// gets the rest and the end at once; never as ended with its last
+	// lines missing.
+	span, err := h.o.History.LogTail(d.ID, before, tailLines)
 	if err != nil {
 		h.broken(w, r, err)
 		return
 	}
-	p := deployPage{page: h.page(fmt.Sprintf("Deploy %d", d.ID)), D: d, Lines: make([]line, len(lines))}
-	for i, l := range lines {
-		p.Lines[i] = viewLine(l)
+	p := &deployPage{page: h.page(fmt.Sprintf("Deploy %d", d.ID)), D: d, Seq: span.Last, Span: span, Before: before}
+	if span.Later {
+		p.Later = span.Last + 1 + tailLines
 	}
-	if len(lines) > 0 {
-		p.Seq = lines[len(lines)-1].Seq
-	}
-	p.Reload = d.Result == history.Running
+	p.Lines = h.logLines(d.ID, span, p)
+	// Only the end of the log follows the deploy: lines appended to an
+	// earlier page would leave a hole.
+	p.Reload = d.Result == history.Running && before == 0
 	p.Follow = p.Reload
-	h.render(w, r, http.StatusOK, deployTmpl, &p)
+	h.stream(w, r, deployTmpl, p)
+	if p.LogErr != nil {
+		h.o.Log.Error("page", "path", r.URL.Path, "err", p.LogErr)
+	}
+}
+
+// beforeOf is the ?before= line number, 0 when there is none.
+func beforeOf(r *http.Request) (int64, error) {
+	v := r.URL.Query().Get("before")
+	if v == "" {
+		return 0, nil
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || n < 1 {
+		return 0, fmt.Errorf("before %q: want the number of a line of the log, 1 or more", v)
+	}
+	return n, nil
+}
+
+// logLines yields the lines of deploy id's log in span, read a page at a
+// time as they are written, and sets p.LogErr when the history fails.
+func (h *handler) logLines(id int64, span history.LogSpan, p *deployPage) iter.Seq[line] {
+	return func(yield func(line) bool) {
+		for after := span.First - 1; after < span.Last; {
+			lines, err := h.o.History.LogLines(id, after, int(min(logPage, span.Last-after)))
+			if err != nil {
+				p.LogErr = err
+				return
+			}
+			if len(lines) == 0 {
+				return
+			}
+			for _, l := range lines {
+				if l.Seq > span.Last || !yield(viewLine(l)) {
+					return
+				}
+				after = l.Seq
+			}
+		}
+	}
 }
 
 // lookup returns the deploy the request's {id} names, or answers 400, 404
@@ -369,14 +438,34 @@ func (h *handler) render(w http.ResponseWriter, r *http.Request, code int, t *te
 		http.Error(w, "internal error", http.StatusInternalServerError)
 		return
 	}
-	hd := w.Header()
+	setHeaders(w.Header())
+	w.WriteHeader(code)
+	w.Write(b.Bytes())
+}
+
+// stream executes a page straight to the client, for a page too big to
+// hold in memory (a deploy's log): a template error cannot be a clean 500
+// then; it cuts the page short, and is logged.
+func (h *handler) stream(w http.ResponseWriter, r *http.Request, t *template.Template, data any) {
+	setHeaders(w.Header())
+	w.WriteHeader(http.StatusOK)
+	bw := bufio.NewWriterSize(w, 32<<10)
+	err := t.ExecuteTemplate(bw, "layout", data)
+	if err == nil {
+		err = bw.Flush()
+	}
+	if err != nil && r.Context().Err() == nil {
+		h.o.Log.Warn("render page", "path", r.URL.Path, "err", err)
+	}
+}
+
+// setHeaders sets the headers of every page.
+func setHeaders(hd http.Header) {
 	hd.Set("Content-Type", "text/html; charset=utf-8")
 	hd.Set("Content-Security-Policy", csp)
 	hd.Set("X-Content-Type-Options", "nosniff")
 	hd.Set("Referrer-Policy", "same-origin")
 	hd.Set("Cache-Control", "no-store") // every page shows live state
-	w.WriteHeader(code)
-	w.Write(b.Bytes())
 }
 
 // line is a log line as the pages show it, in the page and in the events.

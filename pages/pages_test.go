@@ -31,7 +31,7 @@ const (
 	badUTF8 = "caf\xe9 na\xefve \xff\xfe end"
 )
 
-func openStore(t *testing.T) *history.Store {
+func openStore(t testing.TB) *history.Store {
 	t.Helper()
 	s, err := history.Open(t.TempDir())
 	if err != nil {
@@ -256,6 +256,11 @@ func TestErrors(t *testing.T) {
 		{"/deploys/abc/events", http.StatusBadRequest},
 		{"/deploys/" + itoa(id) + "/events?after=x", http.StatusBadRequest},
 		{"/deploys/" + itoa(id) + "/events?after=-1", http.StatusBadRequest},
+		{"/deploys/" + itoa(id) + "?before=x", http.StatusBadRequest},
+		{"/deploys/" + itoa(id) + "?before=0", http.StatusBadRequest},
+		{"/deploys/" + itoa(id) + "?before=-5", http.StatusBadRequest},
+		{"/deploys/" + itoa(id) + "?before=2.5", http.StatusBadRequest},
+		{"/deploys/" + itoa(id) + "?before=99999999999999999999", http.StatusBadRequest},
 		{"/nowhere", http.StatusNotFound},
 		{"/deploys/", http.StatusNotFound},
 	} {
@@ -266,6 +271,10 @@ func TestErrors(t *testing.T) {
 			}
 			if !strings.HasPrefix(hdr.Get("Content-Type"), "text/html") || !strings.Contains(body, "<h1>"+itoa(int64(tc.want))) {
 				t.Errorf("GET %s: not an error page:\n%s", tc.path, body)
+			}
+			// A bad parameter is named.
+			if _, q, ok := strings.Cut(tc.path, "?"); ok && !strings.Contains(body, strings.SplitN(q, "=", 2)[0]+" &#34;") {
+				t.Errorf("GET %s: the error page does not name the parameter:\n%s", tc.path, body)
 			}
 		})
 	}
