@@ -3,9 +3,16 @@
 
 GO       ?= go
 PKGS     := ./...
-FUZZTIME ?= 10s
+# How long make fuzz runs each fuzz target, and how long make test does.
+FUZZTIME      ?= 10m
+TEST_FUZZTIME ?= 3s
+# The packages make test also runs under the race detector: all but the
+# end-to-end suites of reconcile and cmd/operator, whose real clusters
+# take minutes as it is (their Go code is raced through the packages
+# they use).
+RACE_PKGS := ./config/ ./gitsrc/ ./history/ ./hosts/ ./manifests/ ./pages/ ./server/ ./statuses/... ./testbed/...
 
-.PHONY: all build test bench demo lint deps clean
+.PHONY: all build test bench fuzz demo lint deps clean
 
 all: build
 
@@ -16,11 +23,16 @@ deps:
 	@bash scripts/install-deps.sh
 
 # The whole suite: unit tests, integration tests on real hosts (network
-# namespaces with sshd, a real Elixir cluster, HAProxy, git), then a short
-# fuzzing run of the manifest parser.
+# namespaces with sshd, a real Elixir cluster, HAProxy, PostgreSQL, git),
+# the race detector on RACE_PKGS, then every fuzz target for a few seconds.
 test: deps lint
 	$(GO) test -count=1 -timeout 40m $(PKGS)
-	$(GO) test -run=NONE -fuzz=FuzzParse -fuzztime=$(FUZZTIME) ./manifests/
+	$(GO) test -race -count=1 -timeout 20m $(RACE_PKGS)
+	GO=$(GO) FUZZTIME=$(TEST_FUZZTIME) bash scripts/fuzz.sh
+
+# Every fuzz target of every parser of outside input, FUZZTIME each.
+fuzz:
+	GO=$(GO) FUZZTIME=$(FUZZTIME) bash scripts/fuzz.sh
 
 # The benchmarks, on the same real hosts, one package at a time (each
 # loads the machine's two cores). The deploy benchmarks (reconcile: one

@@ -38,16 +38,18 @@ type IndexEntry struct {
 const indexHeader = "operator-release-index 1"
 
 // Marshal writes the index as text, one path a line in path order:
-// "d <mode> <path>" or "f <mode> <sha256> <path>".
+// "d <mode> <path>" or "f <mode> <sha256> <path>", the mode's 12 bits as
+// the artifact has them (setuid, setgid and sticky included: ParseIndex
+// reads them back, as fuzzing found it must).
 func (ix Index) Marshal() []byte {
 	var b bytes.Buffer
 	b.WriteString(indexHeader + "\n")
 	for _, p := range slices.Sorted(maps.Keys(ix)) {
 		e := ix[p]
 		if e.Dir {
-			fmt.Fprintf(&b, "d %04o %s\n", e.Mode.Perm(), p)
+			fmt.Fprintf(&b, "d %04o %s\n", e.Mode&0o7777, p)
 		} else {
-			fmt.Fprintf(&b, "f %04o %s %s\n", e.Mode.Perm(), e.Sum, p)
+			fmt.Fprintf(&b, "f %04o %s %s\n", e.Mode&0o7777, e.Sum, p)
 		}
 	}
 	return b.Bytes()
