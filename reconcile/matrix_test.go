@@ -2,6 +2,8 @@ package reconcile_test
 
 import (
 	"bufio"
+	"context"
+	"net/http"
 	"os"
 	"os/exec"
 	"strings"
@@ -13,12 +15,16 @@ import (
 	"github.com/clusterops/operator/history"
 	"github.com/clusterops/operator/hosts"
 	"github.com/clusterops/operator/reconcile"
+	"github.com/clusterops/operator/statuses"
+	"github.com/clusterops/operator/statuses/githubtest"
 	"github.com/clusterops/operator/testbed"
 )
 
 // TestFaultMatrix runs, on one bed, deploys that meet the faults real
-// fleets meet, each then cleared and the environment deployed again: the
-// build host unreachable, a node's disk full while it stages, HAProxy's
+// fleets meet, each then cleared and the environment deployed again:
+// GitHub hung, answering 500, and rate-limiting (429 with Retry-After, 403
+// with X-RateLimit-Remaining 0) while deploys go on, the build host
+// unreachable, a node's disk full while it stages, HAProxy's
 // socket gone mid-rollout, a node rebooting mid-rollout (every process
 // killed), and the operator killed during a rollback. Each ends with
 // nothing lost: every node running a whole release and back in HAProxy, no
@@ -75,6 +81,49 @@ func TestFaultMatrix(t *testing.T) {
 		whole(commit)
 		current = commit
 	}
+
+	t.Run("GitHub failing", func(t *testing.T) {
+		gh := githubtest.New(t, githubtest.Config{Token: "gh-token"})
+		rep, err := statuses.New(statuses.Options{
+			APIURL: gh.URL(), Token: "gh-token", Repository: "acme/chat", Context: "deploy/production",
+			MinRateLimitWait: 500 * time.Millisecond, RetryMin: 20 * time.Millisecond, RetryMax: 500 * time.Millisecond,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		rep.Start(ctx)
+		defer rep.Close()
+		f.r.Reporter = githubStatuses{rep}
+		defer func() { f.r.Reporter = nil }()
+		// Hung: GitHub answers nothing while the deploy runs, which does
+		// not wait for it; the statuses go once GitHub answers again.
+		release := gh.Hold()
+		next := change("one line, GitHub hung")
+		if out, err := f.sync(); err != nil {
+			release()
+			t.Fatalf("deploy while GitHub hung: %v\n%s", err, f.log(out.Deploy.ID))
+		}
+		release()
+		current = next
+		awaitStatus(t, gh, next, "success")
+		// 500s, then a secondary limit (429 with Retry-After), then a
+		// primary one (403, X-RateLimit-Remaining 0): the deploys go on,
+		// the statuses catch up.
+		for _, fault := range []func(){
+			func() { gh.FailNext(3) },
+			func() { gh.LimitSecondary(http.StatusTooManyRequests, 2*time.Second) },
+			func() { gh.LimitPrimary(time.Now().Add(2 * time.Second)) },
+		} {
+			fault()
+			next := change("one line, GitHub refusing")
+			if out, err := f.sync(); err != nil {
+				t.Fatalf("deploy while GitHub refused: %v\n%s", err, f.log(out.Deploy.ID))
+			}
+			current = next
+			awaitStatus(t, gh, next, "success")
+		}
+		whole(current)
+	})
 
 	t.Run("build host unreachable", func(t *testing.T) {
 		next := change("one line, build host cut")
@@ -206,6 +255,24 @@ func TestFaultMatrix(t *testing.T) {
 		}
 		whole(current)
 	})
+}
+
+// githubStatuses turns the deploy's reports into commit statuses, as
+// cmd/operator does.
+type githubStatuses struct{ rep *statuses.Reporter }
+
+func (g githubStatuses) Report(st reconcile.Status) {
+	g.rep.Report(statuses.Update{Commit: st.Commit, State: string(st.State), Description: st.Description, Deploy: st.DeployID})
+}
+
+// awaitStatus waits until GitHub's newest status of commit is state.
+func awaitStatus(t *testing.T, gh *githubtest.Server, commit, state string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	if _, err := gh.Await(ctx, commit, state); err != nil {
+		t.Errorf("status of %s: not %s within 30 s: %v (got %v)", commit[:12], state, err, gh.Statuses(commit))
+	}
 }
 
 // beamPIDs is every node's VM pid, to tell later whether one restarted.
