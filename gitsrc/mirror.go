@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"path"
 	"path/filepath"
@@ -24,6 +25,7 @@ import (
 	"github.com/go-git/go-git/v5/plumbing"
 	"github.com/go-git/go-git/v5/plumbing/object"
 	"github.com/go-git/go-git/v5/plumbing/transport"
+	githttp "github.com/go-git/go-git/v5/plumbing/transport/http"
 	"github.com/go-git/go-git/v5/storage/memory"
 )
 
@@ -34,7 +36,12 @@ const remoteName = "origin"
 // fetched incrementally: single branch, no tags, never shallow (go-git
 // cannot fetch incrementally into a shallow clone, go-git#305).
 type Mirror struct {
-	url    string
+	// url is what go-git is given: the repository's URL without the
+	// credentials of an http(s) URL, which are in auth instead, so that no
+	// error of go-git's or net/http's can carry them.
+	url string
+	// shown is the URL as errors name it, through RedactURL.
+	shown  string
 	branch string
 	dir    string
 	auth   transport.AuthMethod
@@ -45,7 +52,10 @@ type Mirror struct {
 
 // Options configures a Mirror.
 type Options struct {
-	URL    string               // the app repo: a local path, file://, https:// or ssh URL
+	// URL is the app repo: a local path, file://, https:// or ssh URL. The
+	// userinfo of an http(s) URL (a token) is sent as basic auth and kept
+	// out of the mirror's config; errors show the URL through RedactURL.
+	URL    string
 	Branch string               // the tracked branch, e.g. main
 	Dir    string               // where the bare mirror lives (made when missing)
 	Auth   transport.AuthMethod // nil for local and public repositories
@@ -60,7 +70,11 @@ func Open(opts Options) (*Mirror, error) {
 	if !plumbing.NewBranchReferenceName(opts.Branch).IsBranch() || strings.ContainsAny(opts.Branch, " ~^:?*[\\") {
 		return nil, fmt.Errorf("gitsrc: %q is not a branch name", opts.Branch)
 	}
-	m := &Mirror{url: opts.URL, branch: opts.Branch, dir: opts.Dir, auth: opts.Auth}
+	remote, auth, err := splitCredentials(opts.URL, opts.Auth)
+	if err != nil {
+		return nil, err
+	}
+	m := &Mirror{url: remote, shown: RedactURL(opts.URL), branch: opts.Branch, dir: opts.Dir, auth: auth}
 	repo, err := git.PlainOpen(opts.Dir)
 	if errors.Is(err, git.ErrRepositoryNotExists) {
 		if err := os.MkdirAll(opts.Dir, 0o755); err != nil {
@@ -73,15 +87,22 @@ func Open(opts Options) (*Mirror, error) {
 	}
 	cfg := &config.RemoteConfig{
 		Name: remoteName,
-		URLs: []string{opts.URL},
+		URLs: []string{m.url},
 		// The branch lands on refs/heads/<branch> of the mirror itself, so
 		// the mirror's own head moves with each fetch; a bare single-branch
 		// clone's default refspec never would.
 		Fetch: []config.RefSpec{m.refSpec()},
 	}
 	if r, err := repo.Remote(remoteName); err == nil {
-		if r.Config().URLs[0] != opts.URL {
-			return nil, fmt.Errorf("gitsrc: mirror %s follows %s, not %s: remove it or use another state_dir", opts.Dir, r.Config().URLs[0], opts.URL)
+		// Compared without credentials: a mirror made before they were
+		// kept out of it holds them, and a rotated token is the same
+		// repository.
+		was := r.Config().URLs[0]
+		if stripped, _, err := splitCredentials(was, nil); err == nil {
+			was = stripped
+		}
+		if was != m.url {
+			return nil, fmt.Errorf("gitsrc: mirror %s follows %s, not %s: remove it or use another state_dir", opts.Dir, RedactURL(r.Config().URLs[0]), m.shown)
 		}
 	} else if _, err := repo.CreateRemote(cfg); err != nil {
 		return nil, fmt.Errorf("gitsrc: mirror %s: %w", opts.Dir, err)
@@ -115,14 +136,14 @@ func (m *Mirror) RemoteHead(ctx context.Context) (string, error) {
 	remote := git.NewRemote(memory.NewStorage(), &config.RemoteConfig{Name: remoteName, URLs: []string{m.url}})
 	refs, err := remote.ListContext(ctx, &git.ListOptions{Auth: m.auth})
 	if err != nil {
-		return "", fmt.Errorf("gitsrc: ls-remote %s: %w", m.url, err)
+		return "", fmt.Errorf("gitsrc: ls-remote %s: %w", m.shown, err)
 	}
 	for _, r := range refs {
 		if r.Name() == m.ref() {
 			return r.Hash().String(), nil
 		}
 	}
-	return "", fmt.Errorf("gitsrc: %s has no branch %s", m.url, m.branch)
+	return "", fmt.Errorf("gitsrc: %s has no branch %s", m.shown, m.branch)
 }
 
 // LocalHead is the branch head the mirror holds, or "" before the first
@@ -165,19 +186,105 @@ func (m *Mirror) Fetch(ctx context.Context) (string, error) {
 	}
 	err = repo.FetchContext(ctx, &git.FetchOptions{
 		RemoteName: remoteName,
-		RefSpecs:   []config.RefSpec{m.refSpec()},
-		Tags:       git.NoTags,
-		Auth:       m.auth,
-		Force:      true,
+		// Not the URL in the mirror's config, which may predate the
+		// credentials' move to auth (or hold a token since rotated).
+		RemoteURL: m.url,
+		RefSpecs:  []config.RefSpec{m.refSpec()},
+		Tags:      git.NoTags,
+		Auth:      m.auth,
+		Force:     true,
 	})
 	if err != nil && !errors.Is(err, git.NoErrAlreadyUpToDate) {
-		return "", fmt.Errorf("gitsrc: fetch %s from %s: %w", m.branch, m.url, err)
+		return "", fmt.Errorf("gitsrc: fetch %s from %s: %w", m.branch, m.shown, err)
 	}
 	r, err := repo.Reference(m.ref(), true)
 	if err != nil {
 		return "", fmt.Errorf("gitsrc: %s after fetch: %w", m.branch, err)
 	}
 	return r.Hash().String(), nil
+}
+
+// redacted replaces a secret wherever RedactURL prints one.
+const redacted = "REDACTED"
+
+// RedactURL is a repository URL as the operator prints it, in logs, errors,
+// the API and the pages: the password of a URL's userinfo is replaced by
+// REDACTED, and so is the whole userinfo of an http(s) URL without a
+// password (https://<token>@github.com/… is how GitHub takes a token). An
+// SSH user name (ssh://git@host/…) is kept: it is not a secret. An scp-like
+// address (git@host:path) and a local path have no password and come back
+// unchanged.
+//
+// It reads the text as written, without decoding or parsing it as net/url
+// would, so that a password holding an unescaped "@", ":", "/" or "#" (which
+// url.Parse rejects, quoting the URL whole in its error) is replaced all
+// the same: everything between "://" and the last "@" is the userinfo. A
+// URL whose path holds an "@" shows less than it could, never more.
+func RedactURL(s string) string {
+	scheme, rest, ok := strings.Cut(s, "://")
+	if !ok || !isScheme(scheme) || strings.HasPrefix(rest, "/") {
+		return s
+	}
+	at := strings.LastIndexByte(rest, '@')
+	if at <= 0 {
+		return s
+	}
+	userinfo, host := rest[:at], rest[at:]
+	user, password, hasPassword := strings.Cut(userinfo, ":")
+	switch {
+	case hasPassword && password != "":
+		userinfo = user + ":" + redacted
+	case !hasPassword && isHTTP(scheme):
+		userinfo = redacted
+	}
+	return scheme + "://" + userinfo + host
+}
+
+// isScheme reports whether s is a URL scheme (RFC 3986: a letter, then
+// letters, digits, "+", "-" and ".").
+func isScheme(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i, c := range []byte(s) {
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z':
+		case i > 0 && ('0' <= c && c <= '9' || c == '+' || c == '-' || c == '.'):
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+func isHTTP(scheme string) bool {
+	return strings.EqualFold(scheme, "http") || strings.EqualFold(scheme, "https")
+}
+
+// splitCredentials takes the userinfo out of an http(s) repository URL and
+// returns the URL without it (as net/url writes it), with the basic auth
+// go-git would have made of it (auth, when set, wins as it does in go-git).
+// Other URLs come back as they are: an SSH URL's user is needed in it, and
+// go-git's SSH transport never uses a password from the URL.
+func splitCredentials(raw string, auth transport.AuthMethod) (string, transport.AuthMethod, error) {
+	scheme, _, ok := strings.Cut(raw, "://")
+	if !ok || !isHTTP(scheme) {
+		return raw, auth, nil
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		// url.Parse's error quotes raw, password and all.
+		return "", nil, fmt.Errorf("gitsrc: repository %s is not a valid URL (in a password, characters such as / # ? must be percent-encoded)", RedactURL(raw))
+	}
+	if u.User == nil {
+		return u.String(), auth, nil
+	}
+	if auth == nil && u.User.Username() != "" {
+		password, _ := u.User.Password()
+		auth = &githttp.BasicAuth{Username: u.User.Username(), Password: password}
+	}
+	u.User = nil
+	return u.String(), auth, nil
 }
 
 // lockFile takes an exclusive flock on path, waiting for it; the kernel

@@ -4,6 +4,11 @@ import (
 	"crypto/sha1"
 	"crypto/sha256"
 	"encoding/hex"
+	"io"
+	"net"
+	"net/http"
+	"net/http/cgi"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -257,4 +262,177 @@ func TestResolveNamesOneCommit(t *testing.T) {
 	if got, err := m.pick("abcdef1", all); err == nil || !strings.Contains(err.Error(), "ambiguous: it starts abcdef1111, abcdef1222") {
 		t.Errorf("pick of a shared prefix: got %q, %v; want both candidates named", got, err)
 	}
+}
+
+func TestRedactURL(t *testing.T) {
+	tests := []struct{ name, in, want string }{
+		{"token as password", "https://x-access-token:SECRET@github.com/acme/chat.git", "https://x-access-token:REDACTED@github.com/acme/chat.git"},
+		{"token as user", "https://ghp_SECRET@github.com/acme/chat.git", "https://REDACTED@github.com/acme/chat.git"},
+		{"plain http", "http://user:SECRET@git.acme.test:8080/chat.git", "http://user:REDACTED@git.acme.test:8080/chat.git"},
+		{"scheme in capitals", "HTTPS://SECRET@github.com/acme/chat.git", "HTTPS://REDACTED@github.com/acme/chat.git"},
+		{"password holding @", "https://user:p@ss@SECRET@git.acme.test/chat.git", "https://user:REDACTED@git.acme.test/chat.git"},
+		{"password holding :", "https://user:pa:ss:SECRET@git.acme.test/chat.git", "https://user:REDACTED@git.acme.test/chat.git"},
+		{"password holding / and #", "https://user:pa/ss#SECRET@git.acme.test/chat.git", "https://user:REDACTED@git.acme.test/chat.git"},
+		{"percent-encoded password", "https://user:p%40ss%3ASECRET@git.acme.test/chat.git", "https://user:REDACTED@git.acme.test/chat.git"},
+		{"percent-encoded user kept", "https://us%40er:SECRET@git.acme.test/chat.git", "https://us%40er:REDACTED@git.acme.test/chat.git"},
+		{"password only", "https://:SECRET@git.acme.test/chat.git", "https://:REDACTED@git.acme.test/chat.git"},
+		{"empty password", "https://user:@git.acme.test/chat.git", "https://user:@git.acme.test/chat.git"},
+		{"ssh user and password", "ssh://git:SECRET@git.acme.test:2222/acme/chat.git", "ssh://git:REDACTED@git.acme.test:2222/acme/chat.git"},
+		{"ssh user kept", "ssh://git@github.com/acme/chat.git", "ssh://git@github.com/acme/chat.git"},
+		{"git+ssh", "git+ssh://deploy:SECRET@git.acme.test/chat.git", "git+ssh://deploy:REDACTED@git.acme.test/chat.git"},
+		{"no userinfo", "https://github.com/acme/chat.git", "https://github.com/acme/chat.git"},
+		{"empty userinfo", "https://@github.com/acme/chat.git", "https://@github.com/acme/chat.git"},
+		{"scp-like", "git@github.com:acme/chat.git", "git@github.com:acme/chat.git"},
+		{"scp-like with a port-like path", "deploy@git.acme.test:2222/chat.git", "deploy@git.acme.test:2222/chat.git"},
+		{"file URL", "file:///srv/git/chat.git", "file:///srv/git/chat.git"},
+		{"file URL with @ in its path", "file:///srv/git/chat@2:x.git", "file:///srv/git/chat@2:x.git"},
+		{"absolute path", "/srv/git/chat@2:x.git", "/srv/git/chat@2:x.git"},
+		{"relative path", "../chat.git", "../chat.git"},
+		{"path that looks like a scheme", "/srv/a://b:c@d", "/srv/a://b:c@d"},
+		{"empty", "", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := RedactURL(tt.in)
+			if got != tt.want {
+				t.Errorf("RedactURL(%q) = %q, want %q", tt.in, got, tt.want)
+			}
+			if strings.Contains(got, "SECRET") {
+				t.Errorf("RedactURL(%q) = %q: the secret shows", tt.in, got)
+			}
+			if again := RedactURL(got); again != got {
+				t.Errorf("RedactURL twice: %q, then %q", got, again)
+			}
+		})
+	}
+}
+
+// gitHTTP serves the bare repositories under root over git's smart HTTP
+// protocol (git http-backend, as a web server runs it), to clients that
+// send the basic auth user:password.
+func gitHTTP(t *testing.T, root, user, password string) *httptest.Server {
+	t.Helper()
+	out, err := exec.Command("git", "--exec-path").Output()
+	if err != nil {
+		t.Fatalf("git --exec-path: %v: this test needs git and its http-backend", err)
+	}
+	backend := filepath.Join(strings.TrimSpace(string(out)), "git-http-backend")
+	if _, err := os.Stat(backend); err != nil {
+		t.Fatalf("this test needs git http-backend, which git installs: %v", err)
+	}
+	cgiHandler := &cgi.Handler{Path: backend, Env: []string{"GIT_PROJECT_ROOT=" + root, "GIT_HTTP_EXPORT_ALL=1"}, Stderr: io.Discard}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if u, p, ok := r.BasicAuth(); !ok || u != user || p != password {
+			w.Header().Set("WWW-Authenticate", `Basic realm="git"`)
+			http.Error(w, "authentication required", http.StatusUnauthorized)
+			return
+		}
+		cgiHandler.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+// A token in the repository's URL authenticates the mirror and shows in
+// none of its errors, whatever fails: go-git and net/http quote the URL of
+// a failed request, and url.Parse the whole URL it rejects.
+func TestMirrorErrorsCarryNoSecret(t *testing.T) {
+	const secret = "SECRET0123456789"
+	u := newUpstream(t)
+	head := u.commit("main", "first", map[string]string{"a": "1"})
+	srv := gitHTTP(t, filepath.Dir(u.bare), "x-access-token", secret)
+	host := strings.TrimPrefix(srv.URL, "http://")
+	repo := "/" + filepath.Base(u.bare)
+
+	// The secret authenticates: it went from the URL into basic auth.
+	good := "http://x-access-token:" + secret + "@" + host + repo
+	dir := filepath.Join(t.TempDir(), "mirror")
+	m, err := Open(Options{URL: good, Branch: "main", Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := m.Fetch(t.Context()); err != nil || got != head {
+		t.Fatalf("Fetch with the token in the URL: %s, %v; want %s", got, err, head)
+	}
+	// A rotated token is the same repository.
+	if _, err := Open(Options{URL: "http://x-access-token:NEW" + secret + "@" + host + repo, Branch: "main", Dir: dir}); err != nil {
+		t.Errorf("reopen with another token: %v", err)
+	}
+
+	closed := freeAddr(t)
+	errs := map[string]func() error{
+		"wrong password": func() error {
+			_, err := openAt(t, "http://x-access-token:WRONG"+secret+"@"+host+repo).Fetch(t.Context())
+			return err
+		},
+		"token as user, refused": func() error {
+			_, err := openAt(t, "http://"+secret+"@"+host+repo).RemoteHead(t.Context())
+			return err
+		},
+		"no such repository": func() error {
+			_, err := openAt(t, "http://x-access-token:"+secret+"@"+host+"/missing.git").Fetch(t.Context())
+			return err
+		},
+		"no such branch": func() error {
+			m, err := Open(Options{URL: good, Branch: "other", Dir: filepath.Join(t.TempDir(), "mirror")})
+			if err != nil {
+				return err
+			}
+			_, err = m.Fetch(t.Context())
+			return err
+		},
+		"connection refused, token as password": func() error {
+			_, err := openAt(t, "http://x-access-token:"+secret+"@"+closed+repo).Fetch(t.Context())
+			return err
+		},
+		"connection refused, token as user": func() error {
+			_, err := openAt(t, "https://"+secret+"@"+closed+repo).Fetch(t.Context())
+			return err
+		},
+		"another repository in the mirror": func() error {
+			_, err := Open(Options{URL: "http://x-access-token:" + secret + "@" + host + "/other.git", Branch: "main", Dir: dir})
+			return err
+		},
+		"a URL that does not parse": func() error {
+			_, err := Open(Options{URL: "https://x-access-token:pa/ss" + secret + "@" + host + repo, Branch: "main", Dir: filepath.Join(t.TempDir(), "mirror")})
+			return err
+		},
+	}
+	for name, f := range errs {
+		t.Run(name, func(t *testing.T) {
+			err := f()
+			if err == nil {
+				t.Fatal("no error")
+			}
+			if strings.Contains(err.Error(), secret) {
+				t.Errorf("the error shows the secret: %v", err)
+			}
+			if !strings.Contains(err.Error(), host) && !strings.Contains(err.Error(), closed) {
+				t.Errorf("the error does not name the repository: %v", err)
+			}
+			t.Log(err)
+		})
+	}
+}
+
+// openAt opens a new mirror of url.
+func openAt(t *testing.T, url string) *Mirror {
+	t.Helper()
+	m, err := Open(Options{URL: url, Branch: "main", Dir: filepath.Join(t.TempDir(), "mirror")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// freeAddr is a local address nothing listens on.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
 }

@@ -355,14 +355,12 @@ func pushPayload(contentType string, body []byte) (*pushEvent, error) {
 }
 
 // readBody reads at most limit bytes of the body; past that it fails with
-// an *http.MaxBytesError.
+// an *http.MaxBytesError. The buffer grows with the bytes that arrive,
+// never with the Content-Length the (not yet authenticated) sender
+// declares: sizing it by that would let a client that declares the cap and
+// sends nothing make the daemon hold the cap per connection.
 func readBody(rw http.ResponseWriter, r *http.Request, limit int64) ([]byte, error) {
-	var buf bytes.Buffer
-	if n := r.ContentLength; n > 0 && n <= limit {
-		buf.Grow(int(n) + bytes.MinRead)
-	}
-	_, err := buf.ReadFrom(http.MaxBytesReader(rw, r.Body, limit))
-	return buf.Bytes(), err
+	return io.ReadAll(http.MaxBytesReader(rw, r.Body, limit))
 }
 
 // parseSignature decodes an X-Hub-Signature-256 value, sha256=<64 hex>.

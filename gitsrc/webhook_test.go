@@ -14,6 +14,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -431,6 +432,35 @@ func TestWebhookDefaultMaxBodyOverHTTP(t *testing.T) {
 	}
 	if got, want := len(rec.pushes), 1; got != want {
 		t.Errorf("%d pushes, want %d", got, want)
+	}
+}
+
+// What a delivery costs grows with the bytes that arrive, not with the
+// Content-Length its (not yet verified) sender declares.
+func TestWebhookMemoryFollowsTheBodyNotItsDeclaredLength(t *testing.T) {
+	w, err := NewWebhook(WebhookOptions{Secret: testSecret, Repository: testRepo, Branch: testBranch, OnPush: func(Push) {}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := pushBody(t, "refs/heads/other", shaA)
+	allocated := func(declared int64) uint64 {
+		const runs = 20
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		for range runs {
+			r := delivery{event: "push", id: "72d3162e-cc78-11e3-81ab-4c9367dc0958", body: body}.request()
+			r.ContentLength = declared
+			w.ServeHTTP(httptest.NewRecorder(), r)
+		}
+		runtime.ReadMemStats(&after)
+		return (after.TotalAlloc - before.TotalAlloc) / runs
+	}
+	honest := allocated(int64(len(body)))
+	lying := allocated(DefaultWebhookMaxBody)
+	t.Logf("a %d-byte delivery allocates %d bytes; declaring %d bytes, %d", len(body), honest, DefaultWebhookMaxBody, lying)
+	if lying > honest+512<<10 {
+		t.Errorf("declaring %d bytes and sending %d allocates %d bytes a delivery; sending the same honestly, %d",
+			DefaultWebhookMaxBody, len(body), lying, honest)
 	}
 }
 

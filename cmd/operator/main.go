@@ -52,8 +52,17 @@ func main() {
 }
 
 // run dispatches args to a command and returns the process exit code: 0 on
-// success, 1 when the command failed, 2 for a usage error.
+// success, 1 when the command failed, 2 for a usage error. What the command
+// prints goes through printable: commit subjects, deploy logs and what
+// hosts print never reach the terminal as control sequences.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	out, errOut := newTerminal(stdout), newTerminal(stderr)
+	defer out.Flush()
+	defer errOut.Flush()
+	return dispatch(ctx, args, out, errOut)
+}
+
+func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
 		usage(stderr)
 		return 2

@@ -96,8 +96,11 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	if secrets.APIToken == "" {
 		log.Warn("OPERATOR_API_TOKEN is not set: the API (operator sync, lock, …) is off")
 	}
+	// The repository as every line and page shows it: a token in its URL
+	// is for git alone.
+	repo := gitsrc.RedactURL(cfg.Repo)
 	web := pages.New(pages.Options{
-		History: op.history, Env: cfg.Environment, Repo: cfg.Repo, Branch: cfg.Branch, PublicURL: cfg.PublicURL, Log: log,
+		History: op.history, Env: cfg.Environment, Repo: repo, Branch: cfg.Branch, PublicURL: cfg.PublicURL, Log: log,
 		Status: func() pages.Status {
 			st := worker.Status()
 			return pages.Status{Running: (*pages.RunningDeploy)(st.Running), Pending: st.Pending, Lock: st.Lock, Failed: st.Failed}
@@ -117,10 +120,9 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	// go at once instead of holding the shutdown.
 	base, cancelBase := context.WithCancel(context.Background())
 	defer cancelBase()
-	httpSrv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second,
-		BaseContext: func(net.Listener) context.Context { return base }}
+	httpSrv := server.HTTPServer(base, handler, server.Limits{})
 	go httpSrv.Serve(ln)
-	log.Info("operator running", "env", cfg.Environment, "listen", ln.Addr().String(), "repo", cfg.Repo, "branch", cfg.Branch)
+	log.Info("operator running", "env", cfg.Environment, "listen", ln.Addr().String(), "repo", repo, "branch", cfg.Branch)
 
 	var poller *gitsrc.Poller
 	if *cfg.Poll != "" {

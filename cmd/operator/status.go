@@ -9,6 +9,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/clusterops/operator/gitsrc"
 	"github.com/clusterops/operator/history"
 	"github.com/clusterops/operator/server"
 )
@@ -28,7 +29,7 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	cfg := op.cfg
 	plan, perr := op.rec.Plan(ctx)
 	code = 0
-	fmt.Fprintf(stdout, "environment %s, branch %s of %s\n", cfg.Environment, cfg.Branch, cfg.Repo)
+	fmt.Fprintf(stdout, "environment %s, branch %s of %s\n", cfg.Environment, cfg.Branch, gitsrc.RedactURL(cfg.Repo))
 	if plan != nil {
 		fmt.Fprintf(stdout, "desired  %s %s\n", short(plan.Commit.SHA), plan.Commit.Subject)
 		w := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)

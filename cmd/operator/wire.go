@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding"
 	"errors"
 	"flag"
 	"fmt"
@@ -109,6 +110,10 @@ func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
 	if err := lv.UnmarshalText([]byte(level)); err != nil {
 		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
 	}
+	// The handlers write what they format themselves: JSON escapes control
+	// characters, and the text handler's values go through printable (see
+	// printableAttr) while its own colours reach the terminal.
+	w = unwrapTerminal(w)
 	if format == "auto" {
 		format = "json"
 		if f, ok := w.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
@@ -117,11 +122,36 @@ func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
 	}
 	switch format {
 	case "text":
-		return slog.New(tint.NewHandler(w, &tint.Options{Level: lv, TimeFormat: time.TimeOnly})), nil
+		return slog.New(tint.NewHandler(w, &tint.Options{Level: lv, TimeFormat: time.TimeOnly, ReplaceAttr: printableAttr})), nil
 	case "json":
 		return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: lv})), nil
 	}
 	return nil, fmt.Errorf("--log-format %q: want text, json or auto", format)
+}
+
+// printableAttr passes the message and every attribute's value through
+// printable for the text handler, which quotes a value holding control
+// characters but, colouring, writes its ESC as it is. The time, level and
+// source it formats itself are left to it.
+func printableAttr(groups []string, a slog.Attr) slog.Attr {
+	if len(groups) == 0 && (a.Key == slog.TimeKey || a.Key == slog.LevelKey || a.Key == slog.SourceKey) {
+		return a
+	}
+	switch a.Value.Kind() {
+	case slog.KindString:
+		if s := a.Value.String(); !isPrintable(s) {
+			a.Value = slog.StringValue(printable(s))
+		}
+	case slog.KindAny:
+		v := a.Value.Any()
+		if _, ok := v.(encoding.TextMarshaler); ok {
+			break // times, addresses: the operator's own values
+		}
+		if s := fmt.Sprintf("%+v", v); !isPrintable(s) {
+			a.Value = slog.StringValue(printable(s))
+		}
+	}
+	return a
 }
 
 // operator is every part of a running operator, wired.
