@@ -15,6 +15,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"time"
 )
 
 // WebhookPath is where the daemon mounts the Webhook (PRODUCT.md §4).
@@ -25,6 +26,16 @@ const WebhookPath = "/hooks/github"
 // only its first fields; 5 MiB leaves room for a push's commits[] (which
 // GitHub caps at 20 entries) with a wide margin.
 const DefaultWebhookMaxBody = 5 << 20
+
+// webhookReaders is how many deliveries' bodies are read at once, and
+// readerWait how long a delivery waits for its turn: with the body cap,
+// what unauthenticated clients can make the daemon hold (a few times
+// DefaultWebhookMaxBody, whatever their number). A delivery that finds no
+// turn is answered 503; GitHub shows it, and polling still finds the push.
+const (
+	webhookReaders = 2
+	readerWait     = 2 * time.Second
+)
 
 // seenDeliveries is how many accepted delivery IDs the Webhook remembers. A
 // redelivery is a person pressing "Redeliver" in GitHub's settings, minutes
@@ -59,6 +70,9 @@ const (
 	OutcomeBadRequest = "bad_request"
 	// OutcomeMethodNotAllowed is a request other than POST (405).
 	OutcomeMethodNotAllowed = "method_not_allowed"
+	// OutcomeBusy is a delivery that found every body reader taken for
+	// readerWait (503).
+	OutcomeBusy = "busy"
 )
 
 // WebhookOutcomes lists every outcome a Webhook reports, so that metrics can
@@ -66,7 +80,7 @@ const (
 func WebhookOutcomes() []string {
 	return []string{
 		OutcomeAccepted, OutcomeDuplicate, OutcomeIgnored, OutcomePing,
-		OutcomeUnauthorized, OutcomeTooLarge, OutcomeBadRequest, OutcomeMethodNotAllowed,
+		OutcomeUnauthorized, OutcomeTooLarge, OutcomeBadRequest, OutcomeMethodNotAllowed, OutcomeBusy,
 	}
 }
 
@@ -120,6 +134,8 @@ type Webhook struct {
 	onOutcome  func(string)
 	log        *slog.Logger
 	seen       *deliverySet
+	// readers holds a token per body being read (webhookReaders).
+	readers chan struct{}
 }
 
 // NewWebhook checks opts and returns the handler. It refuses an empty
@@ -151,6 +167,7 @@ func NewWebhook(opts WebhookOptions) (*Webhook, error) {
 		onOutcome:  opts.OnOutcome,
 		log:        opts.Log,
 		seen:       newDeliverySet(seenDeliveries),
+		readers:    make(chan struct{}, webhookReaders),
 	}
 	if w.maxBody == 0 {
 		w.maxBody = DefaultWebhookMaxBody
@@ -234,7 +251,15 @@ func (w *Webhook) handle(rw http.ResponseWriter, r *http.Request, delivery, even
 		}
 		return answer{status: http.StatusUnauthorized, outcome: OutcomeUnauthorized, text: text}
 	}
+	select {
+	case w.readers <- struct{}{}:
+	case <-time.After(readerWait):
+		return answer{status: http.StatusServiceUnavailable, outcome: OutcomeBusy, text: "busy: other deliveries are being read, try again"}
+	case <-r.Context().Done():
+		return answer{status: http.StatusServiceUnavailable, outcome: OutcomeBusy, text: "busy: the request ended while waiting"}
+	}
 	body, err := readBody(rw, r, w.maxBody)
+	<-w.readers
 	if err != nil {
 		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
 			return tooLarge

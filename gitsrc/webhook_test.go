@@ -19,6 +19,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 )
@@ -461,6 +462,53 @@ func TestWebhookMemoryFollowsTheBodyNotItsDeclaredLength(t *testing.T) {
 	if lying > honest+512<<10 {
 		t.Errorf("declaring %d bytes and sending %d allocates %d bytes a delivery; sending the same honestly, %d",
 			DefaultWebhookMaxBody, len(body), lying, honest)
+	}
+}
+
+// TestWebhookReadsFewBodiesAtOnce: bodies that trickle in hold the body
+// readers; a delivery beyond them waits its turn, and one that finds no
+// turn is answered 503 rather than read, so slow senders, however many,
+// make the daemon hold a few capped bodies at most.
+func TestWebhookReadsFewBodiesAtOnce(t *testing.T) {
+	w, err := NewWebhook(WebhookOptions{Secret: testSecret, Repository: testRepo, Branch: testBranch, OnPush: func(Push) {}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := pushBody(t, "refs/heads/main", shaA)
+	var writers []*io.PipeWriter
+	done := make(chan int, webhookReaders)
+	for range webhookReaders { // senders that never finish their bodies
+		pr, pw := io.Pipe()
+		writers = append(writers, pw)
+		r := delivery{event: "push", id: "72d3162e-cc78-11e3-81ab-4c9367dc0958", body: body}.request()
+		r.Body = pr
+		go func() {
+			rec := httptest.NewRecorder()
+			w.ServeHTTP(rec, r)
+			done <- rec.Code
+		}()
+	}
+	time.Sleep(100 * time.Millisecond) // the slow ones hold every reader
+	rec := httptest.NewRecorder()
+	started := time.Now()
+	w.ServeHTTP(rec, delivery{event: "push", id: "9d3a7e8c-cc78-11e3-81ab-4c9367dc0958", body: body}.request())
+	if rec.Code != http.StatusServiceUnavailable {
+		t.Errorf("a delivery while %d bodies trickle in: %d, want 503", webhookReaders, rec.Code)
+	}
+	if waited := time.Since(started); waited < readerWait/2 {
+		t.Errorf("answered after %v: it did not wait its turn", waited)
+	}
+	for _, pw := range writers {
+		pw.CloseWithError(io.ErrUnexpectedEOF)
+	}
+	for range webhookReaders {
+		<-done
+	}
+	// The readers are free again.
+	rec = httptest.NewRecorder()
+	w.ServeHTTP(rec, delivery{event: "push", id: "0e1b2c3d-cc78-11e3-81ab-4c9367dc0958", body: body}.request())
+	if rec.Code/100 != 2 {
+		t.Errorf("a delivery once the slow ones ended: %d, want 2xx", rec.Code)
 	}
 }
 
