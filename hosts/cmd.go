@@ -38,33 +38,41 @@ func Quote(s string) string {
 
 // String renders c as the POSIX shell command line the host runs, such as
 //
-//	cd -P '/srv/chat/current' && export 'MIX_ENV=prod' && exec 'bin/chat' 'pid'
+//	cd -P '/srv/chat/current' && exec 'bin/chat' 'pid'
 //
 // The program replaces the shell (exec) so that the session reports its own
 // exit status or signal, and its process is the session's process group
 // leader. cd -P makes $PWD the physical directory, so a command started in
 // `current` keeps naming its release after a later switch. A relative Dir
 // gets "./" so neither CDPATH nor a leading dash changes its meaning.
-func (c Cmd) String() string { return c.render(false) }
+//
+// Env is not in it. A command line is there for every user of the host to
+// read (ps, /proc/<pid>/cmdline) for as long as any process started with it
+// runs, and the shell sshd starts, or one it forks (Pool.Run's watchdog),
+// can outlive the exec for the command's whole life; release environments
+// hold secrets. Pool.Run puts envReader in front of the line and sends
+// envLine ahead of the command's own input on the session's stdin: the
+// values reach the program's environment and no argv.
+func (c Cmd) String() string { return c.render(false, false) }
 
 // Redacted is how logs and errors show c: its Label when it has one, else
-// c as String renders it with every Env value replaced by "…" (release
-// environments can hold secrets).
+// c as String renders it, with its Env shown as an export in front, every
+// value replaced by "…" (release environments can hold secrets).
 func (c Cmd) Redacted() string {
 	if c.Label != "" {
 		return c.Label
 	}
-	return c.render(true)
+	return c.render(true, true)
 }
 
-func (c Cmd) render(redact bool) string {
+func (c Cmd) render(env, redact bool) string {
 	var b strings.Builder
 	if c.Dir != "" {
 		b.WriteString("cd -P ")
 		b.WriteString(Quote(localPath(c.Dir)))
 		b.WriteString(" && ")
 	}
-	if len(c.Env) > 0 {
+	if env && len(c.Env) > 0 {
 		b.WriteString("export")
 		for _, k := range slices.Sorted(maps.Keys(c.Env)) {
 			v := c.Env[k]
@@ -87,6 +95,31 @@ func (c Cmd) render(redact bool) string {
 		b.WriteString(" ")
 		b.WriteString(Quote(a))
 	}
+	return b.String()
+}
+
+// envReader goes in front of a command line whose Cmd has Env: it reads
+// one line, envLine, from stdin (the shell's read takes a byte at a time
+// from a pipe, so nothing after the line is consumed) and runs it. A stdin
+// that ends before the line does (a session cancelled at once, or cut)
+// runs nothing. Its variables are not exported: exec drops them.
+const envReader = `op_nl='
+'; IFS= read -r op_env || { printf "%s\n" "operator: the environment did not arrive" >&2; exit 1; }; eval "$op_env" || exit 1; `
+
+// envLine renders c.Env as the one line envReader reads: an export of every
+// name=value, quoted, each newline of a value spelled "$op_nl" outside the
+// quotes so that the line holds no newline but its last; "" without Env.
+func (c Cmd) envLine() string {
+	if len(c.Env) == 0 {
+		return ""
+	}
+	var b strings.Builder
+	b.WriteString("export")
+	for _, k := range slices.Sorted(maps.Keys(c.Env)) {
+		b.WriteString(" ")
+		b.WriteString(strings.ReplaceAll(Quote(k+"="+c.Env[k]), "\n", `'"$op_nl"'`))
+	}
+	b.WriteString("\n")
 	return b.String()
 }
 

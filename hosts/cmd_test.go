@@ -162,22 +162,54 @@ func TestCmdString(t *testing.T) {
 	}{
 		{"args only", Cmd{Args: []string{"true"}}, `exec 'true'`},
 		{"dir env args", Cmd{Args: []string{"bin/chat", "pid"}, Env: map[string]string{"RELEASE_NODE": "chat@10.0.1.11", "MIX_ENV": "prod"}, Dir: "/srv/chat/current"},
-			`cd -P '/srv/chat/current' && export 'MIX_ENV=prod' 'RELEASE_NODE=chat@10.0.1.11' && exec 'bin/chat' 'pid'`},
+			`cd -P '/srv/chat/current' && exec 'bin/chat' 'pid'`},
 		{"hostile args", Cmd{Args: []string{"echo", "it's", "$(id)", "`id`", "a\nb", "-n", "\xff"}},
 			"exec 'echo' 'it'\\''s' '$(id)' '`id`' 'a\nb' '-n' '\xff'"},
 		{"hostile env", Cmd{Args: []string{"env"}, Env: map[string]string{"A": "x'; rm -rf / #", "B": "$(id)\n`id`"}},
-			"export 'A=x'\\''; rm -rf / #' 'B=$(id)\n`id`' && exec 'env'"},
+			"exec 'env'"},
 		{"relative dir", Cmd{Args: []string{"ls"}, Dir: "build/chat"}, `cd -P './build/chat' && exec 'ls'`},
 		{"dir with leading dash", Cmd{Args: []string{"ls"}, Dir: "-x"}, `cd -P './-x' && exec 'ls'`},
 		{"dir with quote and newline", Cmd{Args: []string{"ls"}, Dir: "/srv/it's\nhere"}, "cd -P '/srv/it'\\''s\nhere' && exec 'ls'"},
 		{"program with leading dash", Cmd{Args: []string{"-weird", "x"}}, `command -- '-weird' 'x'`},
 		{"release command", ShellCmd("/srv/chat/releases/abc", `bin/chat eval 'Chat.Release.migrate()'`, map[string]string{"RELEASE_NODE": "chat@n1"}),
-			`cd -P '/srv/chat/releases/abc' && export 'RELEASE_NODE=chat@n1' && exec 'sh' '-c' 'bin/chat eval '\''Chat.Release.migrate()'\'''`},
+			`cd -P '/srv/chat/releases/abc' && exec 'sh' '-c' 'bin/chat eval '\''Chat.Release.migrate()'\'''`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			if got := tt.cmd.String(); got != tt.want {
 				t.Errorf("got  %q\nwant %q", got, tt.want)
+			}
+		})
+	}
+}
+
+// TestCmdEnvLine: the environment is one line of shell code that envReader
+// reads from stdin, never part of the command line; every value quoted,
+// its newlines spelled outside the quotes.
+func TestCmdEnvLine(t *testing.T) {
+	tests := []struct {
+		name string
+		env  map[string]string
+		want string
+	}{
+		{"none", nil, ""},
+		{"plain, sorted", map[string]string{"RELEASE_NODE": "chat@10.0.1.11", "MIX_ENV": "prod"}, "export 'MIX_ENV=prod' 'RELEASE_NODE=chat@10.0.1.11'\n"},
+		{"spaces and quotes", map[string]string{"A": "x'; rm -rf / #", "B": `"q" it's`}, `export 'A=x'\''; rm -rf / #' 'B="q" it'\''s'` + "\n"},
+		{"dollars and backticks", map[string]string{"A": "$(id) ${HOME} `id` $"}, "export 'A=$(id) ${HOME} `id` $'\n"},
+		{"newlines", map[string]string{"B": "$(id)\n`id`\n"}, `export 'B=$(id)'"$op_nl"'` + "`id`" + `'"$op_nl"''` + "\n"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := Cmd{Args: []string{"env"}, Env: tt.env, Dir: "/srv"}
+			got := c.envLine()
+			if got != tt.want {
+				t.Errorf("got  %q\nwant %q", got, tt.want)
+			}
+			if got != "" && strings.IndexByte(got, '\n') != len(got)-1 {
+				t.Errorf("%q is not one line", got)
+			}
+			if line := c.String(); line != "cd -P '/srv' && exec 'env'" {
+				t.Errorf("command line %q, want no environment in it", line)
 			}
 		})
 	}
@@ -225,8 +257,11 @@ func TestCmdValidate(t *testing.T) {
 	}
 }
 
-// TestCmdStringRunsInShell runs rendered commands through /bin/sh and checks
-// that the program sees exactly its arguments, environment and directory.
+// TestCmdStringRunsInShell runs rendered commands through /bin/sh as a
+// host does (shellHere: the line, and the environment on stdin ahead of
+// the command's own input) and checks that the program sees exactly its
+// arguments, environment, directory and input, and that no value of the
+// environment was on the command line.
 func TestCmdStringRunsInShell(t *testing.T) {
 	dir := t.TempDir() + "/it's $(x) `y`\n-z\xff"
 	if out, err := exec.Command("mkdir", "-p", "--", dir).CombinedOutput(); err != nil {
@@ -234,30 +269,42 @@ func TestCmdStringRunsInShell(t *testing.T) {
 	}
 	env := map[string]string{}
 	var names []string
-	for i, v := range hostile {
+	for i, v := range append(hostile, "only in the env: 's3cr3t'\n$x") {
 		k := "V" + string(rune('A'+i))
 		env[k] = v
 		names = append(names, `"$`+k+`"`)
 	}
 	c := Cmd{
-		Args: append([]string{"sh", "-c", `pwd; printf "[%s]" "$@"; echo; printf "<%s>" ` + strings.Join(names, " "), "sh"}, hostile...),
+		Args: append([]string{"sh", "-c", `cat; pwd; printf "[%s]" "$@"; echo; printf "<%s>" ` + strings.Join(names, " "), "sh"}, hostile...),
 		Env:  env,
 		Dir:  dir,
 	}
-	out, err := exec.Command("/bin/sh", "-c", c.String()).Output()
+	const input = "input\nafter the environment\n"
+	cmd := shellHere(c, strings.NewReader(input))
+	if line := strings.Join(cmd.Args, " "); strings.Contains(line, "s3cr3t") {
+		t.Errorf("the command line holds a value of the environment: %q", line)
+	}
+	out, err := cmd.Output()
 	if err != nil {
 		t.Fatalf("sh -c %s: %v", c, err)
 	}
 	var want bytes.Buffer
+	want.WriteString(input)
 	want.WriteString(dir + "\n")
 	for _, v := range hostile {
 		want.WriteString("[" + v + "]")
 	}
 	want.WriteString("\n")
-	for _, v := range hostile {
+	for _, v := range append(hostile, "only in the env: 's3cr3t'\n$x") {
 		want.WriteString("<" + v + ">")
 	}
 	if got := string(out); got != want.String() {
 		t.Errorf("got  %q\nwant %q", got, want.String())
+	}
+	// An environment cut short runs nothing.
+	cut := exec.Command("/bin/sh", "-c", envReader+c.String())
+	cut.Stdin = strings.NewReader(strings.TrimSuffix(c.envLine(), "\n"))
+	if out, err := cut.CombinedOutput(); err == nil || !strings.Contains(string(out), "environment did not arrive") {
+		t.Errorf("an environment cut short: %v: %q", err, out)
 	}
 }

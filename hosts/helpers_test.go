@@ -6,8 +6,10 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
+	"os/exec"
 	"strings"
 	"sync"
 	"testing"
@@ -144,4 +146,20 @@ func writeKnownHosts(t testing.TB, lines ...string) string {
 		t.Fatal(err)
 	}
 	return path
+}
+
+// shellHere returns c to run by /bin/sh on this machine the way a host
+// runs it: envReader in front of its line, its envLine ahead of stdin.
+func shellHere(c Cmd, stdin io.Reader) *exec.Cmd {
+	line := c.String()
+	if env := c.envLine(); env != "" {
+		line = envReader + line
+		if stdin == nil {
+			stdin = strings.NewReader("")
+		}
+		stdin = io.MultiReader(strings.NewReader(env), stdin)
+	}
+	cmd := exec.Command("/bin/sh", "-c", line)
+	cmd.Stdin = stdin
+	return cmd
 }

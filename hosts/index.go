@@ -24,7 +24,9 @@ import (
 // and, for a file, the hex SHA-256 of its bytes. It is kept beside the
 // release on each node (Layout.IndexPath), so that the next release can be
 // sent as a delta against it (Deltas, Layout.ReceiveDelta). Shared links
-// and rendered files are not in it: they are made per node after.
+// are not in it, and a node's kept index leaves out the paths of its
+// rendered files (release.files), which it makes after: an index says
+// which files of a node's release hold the artifact's bytes.
 type Index map[string]IndexEntry
 
 // IndexEntry is one path of an Index.

@@ -543,3 +543,141 @@ func rewrite(t *testing.T, payload []byte, name, content string) []byte {
 	}
 	return buf.Bytes()
 }
+
+// TestReceiveDeltaOverRenderedFiles stages releases as a deploy does, with
+// a rendered file (release.files) over a file of the artifact, a Mix
+// release's vm.args, which changes between the releases: v1 whole (its
+// index, then the rendered file), v2 as a delta against v1 with the
+// node's rendering of it, v3, which renders nothing and whose vm.args is
+// v2's, as a delta against v2. Each release holds the rendered file when
+// it has one and the artifact's bytes elsewhere, and its kept index lists
+// no rendered path: a delta never keeps another release's rendering.
+func TestReceiveDeltaOverRenderedFiles(t *testing.T) {
+	const vmArgs = "releases/0.1.0/vm.args"
+	files := func(vm string) map[string]string {
+		return map[string]string{"bin/chat*": "#!/bin/sh\n", "lib/chat.beam": "chat " + vm, vmArgs: vm, "releases/COOKIE": "c"}
+	}
+	_, tar1, sum1 := release(t, files("-name artifact v1"))
+	_, tar2, sum2 := release(t, files("-name artifact v2"))
+	_, tar3, sum3 := release(t, files("-name artifact v2"))
+	l := Layout{DeployTo: filepath.Join(t.TempDir(), "it's $(x)")}
+	if err := os.MkdirAll(filepath.Join(l.Shared(), "releases"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(l.Shared(), "releases", "COOKIE"), []byte("shared"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// v1 whole: received, its index kept, then its rendered file written.
+	ix1, _, err := Deltas(bytes.NewReader(tar1), KnownSum(sum1), nil, links, DefaultDeltaLimits)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := l.Receive("v1", sum1, links)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runHere(t, c, tar1)
+	if c, err = l.WriteIndex("v1", sha256hex(string(ix1.Marshal()))); err != nil {
+		t.Fatal(err)
+	}
+	runHere(t, c, ix1.Marshal())
+	rendered := "-name chat@n1 v1"
+	if c, err = l.WriteFile("v1", vmArgs, 0o644, sha256hex(rendered)); err != nil {
+		t.Fatal(err)
+	}
+	runHere(t, c, []byte(rendered))
+
+	// receive makes release name as a delta against base, with the node's
+	// files, from the index the node offers.
+	receive := func(name, base string, tarball []byte, sum string, nodeFiles map[string][]byte) {
+		t.Helper()
+		c, err := l.ReceiveDelta(name, []string{base}, links)
+		if err != nil {
+			t.Fatal(err)
+		}
+		extra, err := NodeFiles(nodeFiles)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var sent *Delta
+		offer, err := session(t, c, func(o Offer) *Delta {
+			ix, err := ParseIndex(o.Index)
+			if err != nil {
+				t.Errorf("offered index: %v", err)
+				return nil
+			}
+			_, deltas, err := Deltas(bytes.NewReader(tarball), KnownSum(sum), map[string]Index{base: ix}, links, DefaultDeltaLimits)
+			if err != nil {
+				t.Errorf("delta: %v", err)
+			}
+			sent = deltas[base]
+			return sent
+		}, extra)
+		if err != nil || offer.Base != base || sent == nil {
+			t.Fatalf("%s from %s: offer %q, %v", name, base, offer.Base, err)
+		}
+	}
+	want := func(name string, files map[string]string) {
+		t.Helper()
+		for p, content := range files {
+			if got, err := os.ReadFile(filepath.Join(l.ReleaseDir(name), p)); err != nil || string(got) != content {
+				t.Errorf("%s: %s holds %q (%v), want %q", name, p, got, err, content)
+			}
+		}
+		data, err := os.ReadFile(l.IndexPath(name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ix, err := ParseIndex(data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for p, e := range ix {
+			if e.Dir {
+				continue
+			}
+			if got, err := os.ReadFile(filepath.Join(l.ReleaseDir(name), p)); err != nil || sha256hex(string(got)) != e.Sum {
+				t.Errorf("%s's index says %s has sha256 %s, it holds %q (%v)", name, p, e.Sum, got, err)
+			}
+		}
+	}
+	want("v1", map[string]string{vmArgs: rendered, "lib/chat.beam": "chat -name artifact v1"})
+	if ix, err := ParseIndex(mustRead(t, l.IndexPath("v1"))); err != nil || ix[vmArgs] != (IndexEntry{}) || ix["lib/chat.beam"].Sum == "" {
+		t.Errorf("v1's index: %v; want no %s, the rest as the artifact's (%v)", ix, vmArgs, err)
+	}
+
+	// v2: the artifact's vm.args changed, and the node renders its own.
+	rendered = "-name chat@n1 v2"
+	receive("v2", "v1", tar2, sum2, map[string][]byte{vmArgs: []byte(rendered)})
+	want("v2", map[string]string{vmArgs: rendered, "lib/chat.beam": "chat -name artifact v2"})
+	// Whole or as a delta, nodes keep the same index: one delta serves them.
+	whole := ix1
+	delete(whole, vmArgs)
+	ix2, _, err := Deltas(bytes.NewReader(tar2), KnownSum(sum2), nil, links, DefaultDeltaLimits)
+	if err != nil {
+		t.Fatal(err)
+	}
+	delete(ix2, vmArgs)
+	if got := mustRead(t, l.IndexPath("v2")); string(got) != string(ix2.Marshal()) {
+		t.Errorf("v2's index:\n%s\nwant\n%s", got, ix2.Marshal())
+	}
+	if got := mustRead(t, l.IndexPath("v1")); string(got) != string(whole.Marshal()) {
+		t.Errorf("v1's index:\n%s\nwant\n%s", got, whole.Marshal())
+	}
+
+	// v3 renders nothing; its vm.args is v2's artifact's, not v2's node's.
+	receive("v3", "v2", tar3, sum3, nil)
+	want("v3", map[string]string{vmArgs: "-name artifact v2", "lib/chat.beam": "chat -name artifact v2"})
+	if got := entriesOf(t, l.Releases()); !cmp.Equal(got, []string{"v1", "v1.index", "v2", "v2.index", "v3", "v3.index"}) {
+		t.Errorf("releases/ holds %q", got)
+	}
+}
+
+func mustRead(t *testing.T, p string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}

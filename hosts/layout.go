@@ -236,9 +236,24 @@ func fileArg(p string) string {
 	return "./" + p
 }
 
+// writeRenderedScript is writeScript for a rendered file "$5" of a
+// release whose index is "$4": it first takes the path out of the index,
+// if there is one, so that the index never says the artifact's bytes are
+// where the rendered file is (a file written and an index left as it was,
+// should the write fail, costs only that file's sending next time); "$4"
+// is empty for a path no index can hold.
+const writeRenderedScript = "set -e\n" + dropIndexed + `
+if [ -n "$4" ] && [ -f "$4" ]; then
+  drop_indexed "$4" "$5"
+fi
+` + writeScript
+
 // WriteFile returns the command that writes its stdin to rel, a path
 // relative to release name (a rendered per-node file), as the package-level
-// WriteFile does.
+// WriteFile does, and leaves rel out of the release's index (IndexPath),
+// when it has one: a later delta against this release sends the
+// artifact's file there instead of keeping this node's rendering. Write
+// the index first (WriteIndex).
 func (l Layout) WriteFile(name, rel string, mode fs.FileMode, sum string) (Cmd, error) {
 	if _, err := l.root(); err != nil {
 		return Cmd{}, err
@@ -250,7 +265,11 @@ func (l Layout) WriteFile(name, rel string, mode fs.FileMode, sum string) (Cmd, 
 	if err != nil {
 		return Cmd{}, fmt.Errorf("file %w", err)
 	}
-	return WriteFile(path.Join(l.ReleaseDir(name), c), mode, sum), nil
+	index := l.IndexPath(name)
+	if _, ok := indexPath(c); !ok {
+		index = "" // no index holds such a path (Deltas refuses it)
+	}
+	return named("write-file", writeRenderedScript, fileArg(path.Join(l.ReleaseDir(name), c)), fmt.Sprintf("%04o", mode.Perm()), sum, index, c), nil
 }
 
 const sumScript = `if [ -e "$1" ]; then

@@ -21,7 +21,7 @@ func sh(script, quotedArgs string) string {
 
 func TestScriptsHoldNoSingleQuote(t *testing.T) {
 	for name, s := range map[string]string{
-		"unpack": unpackScript, "link": linkScript, "write": writeScript, "sum": sumScript,
+		"unpack": unpackScript, "link": linkScript, "write": writeScript, "writeRendered": writeRenderedScript, "sum": sumScript,
 		"switchThen": switchThenScript, "prune": pruneScript,
 		"receive": receiveScript, "receiveDelta": receiveDeltaScript, "observe": observeScript, "recordAfter": recordAfterScript,
 	} {
@@ -55,13 +55,15 @@ func TestLayoutBuilders(t *testing.T) {
 		{"link shared hostile paths", build(plain.LinkShared(sha, []string{"-x", "a b/it's", "c/$(d)/`e`\n\xff", "./f//g/"})),
 			sh(linkScript, "'/srv/chat/releases/"+sha+"' '/srv/chat/shared' '-x' 'a b/it'\\''s' 'c/$(d)/`e`\n\xff' 'f/g'")},
 		{"write file", build(plain.WriteFile(sha, "releases/vm.args", 0o644, sum)),
-			sh(writeScript, "'/srv/chat/releases/"+sha+"/releases/vm.args' '0644' '"+sum+"'")},
-		{"write file hostile", build(evil.WriteFile(sha, "-a/it's\n", 0o600, sum)),
-			sh(writeScript, "'/srv/it'\\''s $(x)\n`y`\xff/releases/"+sha+"/-a/it'\\''s\n' '0600' '"+sum+"'")},
+			sh(writeRenderedScript, "'/srv/chat/releases/"+sha+"/releases/vm.args' '0644' '"+sum+"' '/srv/chat/releases/"+sha+".index' 'releases/vm.args'")},
+		{"write file hostile", build(evil.WriteFile(sha, "-a/it's $(x)", 0o600, sum)),
+			sh(writeRenderedScript, "'/srv/it'\\''s $(x)\n`y`\xff/releases/"+sha+"/-a/it'\\''s $(x)' '0600' '"+sum+"' '/srv/it'\\''s $(x)\n`y`\xff/releases/"+sha+".index' '-a/it'\\''s $(x)'")},
+		{"write file no index can list", build(evil.WriteFile(sha, "-a/it's\n", 0o600, sum)),
+			sh(writeRenderedScript, "'/srv/it'\\''s $(x)\n`y`\xff/releases/"+sha+"/-a/it'\\''s\n' '0600' '"+sum+"' '' '-a/it'\\''s\n'")},
 		{"switch then start", build(plain.SwitchThen(sha, "", "", ShellCmd(plain.Current(), "bin/chat daemon", nil))),
 			sh(switchThenScript, "'/srv/chat' '/srv/chat/releases/"+sha+"' '' '' '/srv/chat/current' 'sh' '-c' 'bin/chat daemon'")},
 		{"switch from previous then start with env", build(plain.SwitchThen(sha, "a", "/srv/chat/.operator//previous", ShellCmd(plain.Current(), "bin/chat daemon", map[string]string{"SECRET": "s"}))),
-			"export 'SECRET=s' && " + sh(switchThenScript, "'/srv/chat' '/srv/chat/releases/"+sha+"' 'a' '/srv/chat/.operator/previous' '/srv/chat/current' 'sh' '-c' 'bin/chat daemon'")},
+			sh(switchThenScript, "'/srv/chat' '/srv/chat/releases/"+sha+"' 'a' '/srv/chat/.operator/previous' '/srv/chat/current' 'sh' '-c' 'bin/chat daemon'")},
 		{"switch hostile then relative dir", build(evil.SwitchThen("`x` y", "", "", Cmd{Args: []string{"-x", "it's\n$y"}, Dir: "-d"})),
 			sh(switchThenScript, "'/srv/it'\\''s $(x)\n`y`\xff' '/srv/it'\\''s $(x)\n`y`\xff/releases/`x` y' '' '' './-d' '-x' 'it'\\''s\n$y'")},
 		{"observe", build(plain.Observe("/srv/chat/.operator/previous")), sh(observeScript, "'/srv/chat' '/srv/chat/releases' '/srv/chat/.operator/previous'")},
@@ -83,6 +85,12 @@ func TestLayoutBuilders(t *testing.T) {
 				t.Errorf("got  %q\nwant %q", got, tt.want)
 			}
 		})
+	}
+	// The start's environment is the switch's, exported before its script
+	// (and off its command line: Cmd.String).
+	c, err := plain.SwitchThen(sha, "", "", ShellCmd(plain.Current(), "bin/chat daemon", map[string]string{"SECRET": "s"}))
+	if err != nil || !cmp.Equal(c.Env, map[string]string{"SECRET": "s"}) {
+		t.Errorf("switch then start with env: Env %q (%v), want SECRET=s", c.Env, err)
 	}
 }
 
@@ -249,7 +257,7 @@ func TestSwitchThenRuns(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			cmd := exec.Command("sh", "-c", c.String())
+			cmd := shellHere(c, nil)
 			var stderr strings.Builder
 			cmd.Stderr = &stderr
 			if err := cmd.Run(); (err != nil) != tt.fails {
@@ -348,7 +356,7 @@ func TestRecordAfterRuns(t *testing.T) {
 		status int
 	}{{"exit 3", 3}, {"echo migrated", 0}} {
 		c := RecordAfter(ShellCmd(dir, tt.line, map[string]string{"X": "y"}), marker, "time b")
-		err := exec.Command("sh", "-c", c.String()).Run()
+		err := shellHere(c, nil).Run()
 		var ee *exec.ExitError
 		switch {
 		case tt.status == 0 && err != nil:

@@ -1,12 +1,17 @@
 package hosts
 
 import (
+	"bufio"
+	"bytes"
 	"errors"
+	"io"
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -49,10 +54,10 @@ func TestWaitStopped(t *testing.T) {
 }
 
 // TestHelperListener is a process for TestWaitStoppedRuns: it listens on a
-// TCP port for HELPER_LISTEN, then exits.
+// TCP port and says so, closes the port when a line of its stdin says
+// "close" and says so, and exits when its stdin ends.
 func TestHelperListener(t *testing.T) {
-	d, err := time.ParseDuration(os.Getenv("HELPER_LISTEN"))
-	if err != nil {
+	if os.Getenv("HELPER_LISTEN") != "1" {
 		t.Skip("a helper process, run by TestWaitStoppedRuns")
 	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -60,8 +65,13 @@ func TestHelperListener(t *testing.T) {
 		t.Fatal(err)
 	}
 	os.Stdout.WriteString("listening\n")
-	time.Sleep(d)
-	l.Close()
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		if in.Text() == "close" {
+			l.Close()
+			os.Stdout.WriteString("closed\n")
+		}
+	}
 	os.Exit(0)
 }
 
@@ -70,17 +80,91 @@ func TestHelperListener(t *testing.T) {
 // listening, and then gone, makes it exit 0; one that stops listening,
 // never listened or does not run from there makes it unsure; one still
 // listening exhausts the tries.
+//
+// Nothing in it races the clock: what the script is to see changes only
+// once the script has made its first look (a child of it sleeps between
+// looks: watching), and a process that goes, goes while the script is
+// stopped, so that no look sees it half gone (its sockets closed, its
+// exit not yet done: a look then is rightly unsure). Its helpers listen
+// until told otherwise, however slow the machine.
 func TestWaitStoppedRuns(t *testing.T) {
 	if _, err := os.Stat("/proc/self/fd"); err != nil {
 		t.Fatalf("this test needs /proc: %v", err)
 	}
-	code := func(pid int, dir string, limit time.Duration) int {
+	dir := t.TempDir()
+	elsewhere := t.TempDir()
+	// listener starts a process of dir that listens until told (its
+	// stdin) to close, and its stdin ends.
+	type listenerProc struct {
+		cmd  *exec.Cmd
+		in   io.WriteCloser
+		out  *bufio.Reader
+		done chan struct{}
+	}
+	listener := func(t *testing.T) *listenerProc {
+		c := exec.Command(os.Args[0], "-test.run=^TestHelperListener$")
+		c.Dir = dir
+		c.Env = append(os.Environ(), "HELPER_LISTEN=1")
+		in, err := c.StdinPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		// A pipe of its own, which Wait leaves alone: the test reads the
+		// helper's answers while a goroutine waits for its end.
+		out, w, err := os.Pipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Stdout = w
+		err = c.Start()
+		w.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		l := &listenerProc{cmd: c, in: in, out: bufio.NewReader(out), done: make(chan struct{})}
+		go func() {
+			c.Wait()
+			close(l.done)
+		}()
+		t.Cleanup(func() {
+			c.Process.Kill()
+			<-l.done
+			out.Close()
+		})
+		if line, err := l.out.ReadString('\n'); line != "listening\n" {
+			t.Fatalf("helper: %q, %v", line, err)
+		}
+		return l
+	}
+	// start starts the script for pid in a process group of its own.
+	type script struct {
+		cmd  *exec.Cmd
+		out  *bytes.Buffer
+		done chan error
+	}
+	start := func(t *testing.T, pid int, dir string, limit time.Duration) *script {
 		c, err := WaitStopped(pid, dir, limit)
 		if err != nil {
 			t.Fatal(err)
 		}
-		out, err := exec.Command(c.Args[0], c.Args[1:]...).CombinedOutput()
-		t.Logf("wait-stopped %d: %v: %s", pid, err, out)
+		s := &script{cmd: exec.Command(c.Args[0], c.Args[1:]...), out: &bytes.Buffer{}, done: make(chan error, 1)}
+		s.cmd.Stdout, s.cmd.Stderr = s.out, s.out
+		s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		if err := s.cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL) })
+		go func() { s.done <- s.cmd.Wait() }()
+		return s
+	}
+	// code waits for the script's exit status and checks what it said.
+	code := func(t *testing.T, s *script, why string) int {
+		t.Helper()
+		err := <-s.done
+		t.Logf("wait-stopped: %v: %s", err, s.out)
+		if !strings.Contains(s.out.String(), why) {
+			t.Errorf("it said %q, want %q", s.out, why)
+		}
 		var ee *exec.ExitError
 		if errors.As(err, &ee) {
 			return ee.ExitCode()
@@ -90,60 +174,63 @@ func TestWaitStoppedRuns(t *testing.T) {
 		}
 		return 0
 	}
-	dir := t.TempDir()
-	elsewhere := t.TempDir()
-	// listener starts a process of dir that listens for d, then exits.
-	listener := func(d time.Duration) *exec.Cmd {
-		c := exec.Command(os.Args[0], "-test.run=^TestHelperListener$")
-		c.Dir = dir
-		c.Env = append(os.Environ(), "HELPER_LISTEN="+d.String())
-		out, err := c.StdoutPipe()
-		if err != nil {
-			t.Fatal(err)
+	// watching waits until the script has made its first look and
+	// watches: it has a child that is sleep. The bound is for a script
+	// that hangs, not a guess at how long a look takes.
+	watching := func(t *testing.T, s *script) {
+		t.Helper()
+		deadline := time.Now().Add(time.Minute)
+		for !sleeping(s.cmd.Process.Pid) {
+			select {
+			case err := <-s.done:
+				s.done <- err
+				t.Fatalf("the script ended at its first look: %v: %s", err, s.out)
+			case <-time.After(5 * time.Millisecond):
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("the script never got to watch")
+			}
 		}
-		if err := c.Start(); err != nil {
-			t.Fatal(err)
-		}
-		buf := make([]byte, 10)
-		if _, err := out.Read(buf); err != nil {
-			t.Fatal(err)
-		}
-		go c.Wait()
-		t.Cleanup(func() { c.Process.Kill() })
-		return c
 	}
 
 	t.Run("listening then gone, of dir", func(t *testing.T) {
-		// Long enough for the script's first look on a busy machine.
-		c := listener(1500 * time.Millisecond)
-		if got := code(c.Process.Pid, dir, time.Minute); got != 0 {
+		l := listener(t)
+		s := start(t, l.cmd.Process.Pid, dir, time.Hour)
+		watching(t, s)
+		// It goes, and is reaped, while the script is stopped.
+		if err := syscall.Kill(-s.cmd.Process.Pid, syscall.SIGSTOP); err != nil {
+			t.Fatal(err)
+		}
+		l.cmd.Process.Kill()
+		<-l.done
+		if err := syscall.Kill(-s.cmd.Process.Pid, syscall.SIGCONT); err != nil {
+			t.Fatal(err)
+		}
+		if got := code(t, s, ""); got != 0 {
 			t.Errorf("exit %d, want 0", got)
 		}
 	})
 	t.Run("listening, of another directory", func(t *testing.T) {
-		c := listener(time.Minute)
-		if got := code(c.Process.Pid, elsewhere, time.Minute); got != WaitStoppedUnsure {
+		l := listener(t)
+		if got := code(t, start(t, l.cmd.Process.Pid, elsewhere, time.Hour), "does not run from"); got != WaitStoppedUnsure {
 			t.Errorf("exit %d, want %d (at once: not known to be the node)", got, WaitStoppedUnsure)
 		}
 	})
 	t.Run("still listening", func(t *testing.T) {
-		c := listener(time.Minute)
-		if got := code(c.Process.Pid, dir, 60*time.Millisecond); got != 1 {
+		l := listener(t)
+		if got := code(t, start(t, l.cmd.Process.Pid, dir, 60*time.Millisecond), "still running"); got != 1 {
 			t.Errorf("exit %d, want 1", got)
 		}
 	})
 	t.Run("stops listening, still running", func(t *testing.T) {
-		// This test process: it listens, and closes while the script waits.
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
+		l := listener(t)
+		s := start(t, l.cmd.Process.Pid, dir, time.Hour)
+		watching(t, s)
+		io.WriteString(l.in, "close\n")
+		if line, err := l.out.ReadString('\n'); line != "closed\n" {
+			t.Fatalf("helper: %q, %v", line, err)
 		}
-		wd, err := os.Getwd()
-		if err != nil {
-			t.Fatal(err)
-		}
-		time.AfterFunc(300*time.Millisecond, func() { l.Close() })
-		if got := code(os.Getpid(), wd, time.Minute); got != WaitStoppedUnsure {
+		if got := code(t, s, "no longer listens"); got != WaitStoppedUnsure {
 			t.Errorf("exit %d, want %d", got, WaitStoppedUnsure)
 		}
 	})
@@ -154,7 +241,7 @@ func TestWaitStoppedRuns(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { c.Process.Kill(); c.Wait() })
-		if got := code(c.Process.Pid, dir, time.Minute); got != WaitStoppedUnsure {
+		if got := code(t, start(t, c.Process.Pid, dir, time.Hour), "listens on no TCP port"); got != WaitStoppedUnsure {
 			t.Errorf("exit %d, want %d", got, WaitStoppedUnsure)
 		}
 	})
@@ -172,9 +259,31 @@ func TestWaitStoppedRuns(t *testing.T) {
 			}
 			time.Sleep(5 * time.Millisecond)
 		}
-		if got := code(c.Process.Pid, dir, time.Minute); got != WaitStoppedUnsure {
+		if got := code(t, start(t, c.Process.Pid, dir, time.Hour), "is gone"); got != WaitStoppedUnsure {
 			t.Errorf("exit %d, want %d", got, WaitStoppedUnsure)
 		}
 		c.Wait()
 	})
+}
+
+// sleeping reports whether process pid has a child running sleep.
+func sleeping(pid int) bool {
+	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
+	for _, f := range stats {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		// "pid (comm) state ppid ...", and comm may hold anything.
+		i := bytes.LastIndexByte(b, ')')
+		j := bytes.IndexByte(b, '(')
+		if i < 0 || j < 0 || j > i {
+			continue
+		}
+		fields := strings.Fields(string(b[i+1:]))
+		if len(fields) > 1 && fields[1] == strconv.Itoa(pid) && string(b[j+1:i]) == "sleep" {
+			return true
+		}
+	}
+	return false
 }

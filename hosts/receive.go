@@ -77,6 +77,7 @@ func (l Layout) Receive(name, sum string, links []string) (Cmd, error) {
 
 const receiveDeltaScript = `set -e
 export LC_ALL=C
+` + dropIndexed + `
 rel=$1 shared=$2 n=$3
 shift 3
 mkdir -p -- "${rel%/*}" "$shared"
@@ -127,11 +128,42 @@ if [ -d "$tmp/in/release" ]; then
 fi
 printf "%s  %s\n" "$isum" "$tmp/in/operator/index" >>"$tmp/in/operator/check"
 sha256sum --quiet --strict -c -- "$tmp/in/operator/check" >&2
+if [ -d "$tmp/in/node" ]; then
+  cp -al --remove-destination -- "$tmp/in/node/." "$tmp/release/"
+  rendered=$(cd -- "$tmp/in/node" && find . -type f)
+  drop_indexed "$tmp/in/operator/index" "$rendered"
+fi
 into=$tmp/release
 ` + linkLoop + `
 cd /
 mv -f -- "$tmp/in/operator/index" "$rel.index"
 mv -T -- "$tmp/release" "$rel"`
+
+// dropIndexed defines drop_indexed INDEX PATHS, which rewrites the release
+// index at INDEX (under a temporary name, then renamed) without the lines
+// of PATHS (one a line, relative to the release, "./" allowed): the
+// rendered files, which do not hold what the index says of their path.
+// A path is what follows the first two (directory) or three (file) fields
+// of its line.
+const dropIndexed = `drop_indexed() {
+  LC_ALL=C DROP=$2 awk "
+    BEGIN {
+      n = split(ENVIRON[\"DROP\"], a, \"\n\")
+      for (i = 1; i <= n; i++) {
+        p = a[i]
+        if (substr(p, 1, 2) == \"./\") p = substr(p, 3)
+        drop[p] = 1
+      }
+    }
+    FNR > 1 {
+      p = \$0
+      k = (\$1 == \"f\") ? 3 : 2
+      for (i = 0; i < k; i++) p = substr(p, index(p, \" \") + 1)
+      if (p in drop) next
+    }
+    { print }" <"$1" >"$1.tmp.$$"
+  mv -f -- "$1.tmp.$$" "$1"
+}`
 
 // ReceiveDelta returns the command that makes release name as a delta
 // against a release the node already holds, in one session with the
@@ -150,18 +182,22 @@ mv -T -- "$tmp/release" "$rel"`
 //  3. It keeps the files the payload lists to keep (sorted as bytes, as
 //     comm wants) and no others (runtime
 //     files, rendered files and links of the base go), adds the files sent,
-//     checks those against the index's SHA-256s, adds the node's own files
-//     that follow the payload (NodeFiles), makes the shared links,
-//     keeps the index (IndexPath) and renames the release into place, as
-//     Receive does.
+//     checks those against the index's SHA-256s, then adds the node's own
+//     files that follow the payload (NodeFiles) over them, makes the
+//     shared links, keeps the index (IndexPath) without the paths of the
+//     node's files and renames the release into place, as Receive does.
 //
 // Linking saves creating every file of a release, which costs far more
 // than sending the few that changed, as rsync --link-dest does for backups.
 // The linked files are trusted as they were checked when the base was
 // staged: nothing writes into a release in place (rendered files are
 // replaced by a rename, shared links made anew, and the app's own writes
-// go to shared/ or elsewhere). To have a node receive a release whole
-// again, remove the index of its releases (IndexPath).
+// go to shared/ or elsewhere). A kept index lists only what holds the
+// artifact's bytes: the paths of rendered files are left out of it, here
+// and by Layout.WriteFile, so a later delta sends the artifact's file
+// there rather than keep the base's rendering of another node's or
+// commit's values. To have a node receive a release whole again, remove
+// the index of its releases (IndexPath).
 func (l Layout) ReceiveDelta(name string, bases, links []string) (Cmd, error) {
 	if _, err := l.root(); err != nil {
 		return Cmd{}, err
@@ -198,7 +234,12 @@ type Offer struct {
 }
 
 // maxIndex bounds an index read from a node: a release of a million paths.
+// It bounds what is read, not what is allocated first: the buffer grows with
+// the bytes that arrive (readIndex).
 const maxIndex = 128 << 20
+
+// indexChunk is the buffer readIndex starts with, and grows from by doubling.
+const indexChunk = 16 << 10
 
 // ReadOffer reads a ReceiveDelta command's offer from its stdout.
 func ReadOffer(r *bufio.Reader) (Offer, error) {
@@ -216,14 +257,38 @@ func ReadOffer(r *bufio.Reader) (Offer, error) {
 		if err != nil || n < 0 || n > maxIndex {
 			return Offer{}, fmt.Errorf("read offer: index size %q", f[2])
 		}
-		ix := make([]byte, n)
-		if _, err := io.ReadFull(r, ix); err != nil {
-			return Offer{}, fmt.Errorf("read offer: index of %s: %w", f[1], err)
+		ix, err := readIndex(r, n)
+		if err != nil {
+			return Offer{}, fmt.Errorf("read offer: index of %s (%d bytes declared): %w", f[1], n, err)
 		}
 		return Offer{Base: f[1], Index: ix}, nil
 	default:
 		return Offer{}, fmt.Errorf("read offer: %.60q", line)
 	}
+}
+
+// readIndex reads the n bytes of an index. Its buffer grows as they
+// arrive, doubling up to n, so that a node declaring a large index and
+// sending less costs what it sent, not what it declared. Fewer than n
+// bytes is io.ErrUnexpectedEOF.
+func readIndex(r io.Reader, n int64) ([]byte, error) {
+	buf := make([]byte, 0, min(n, indexChunk))
+	for int64(len(buf)) < n {
+		if len(buf) == cap(buf) {
+			next := make([]byte, len(buf), min(2*int64(cap(buf)), n))
+			copy(next, buf)
+			buf = next
+		}
+		m, err := io.ReadFull(r, buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+m]
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%d bytes read: %w", len(buf), err)
+		}
+	}
+	return buf, nil
 }
 
 // SendLink tells a ReceiveDelta command to start linking its base.
@@ -253,7 +318,11 @@ func SendDelta(w io.Writer, d *Delta, extra []byte) error {
 // NodeFiles returns the files of one node (rendered per-node files: path
 // in the release → content) as a gzipped tarball to follow a Delta's
 // payload (SendDelta): they come with the release, each with mode 0644,
-// in place of any file of that path, and are not in its index. The
+// in place of any file of that path, once the files the payload sent are
+// checked (they are under node/, apart from the payload's release/: a
+// rendered file often replaces one of the artifact's, such as a Mix
+// release's releases/<vsn>/vm.args, and the check is of what the artifact
+// has there). The node's index of the release leaves their paths out. The
 // receiving tar reads the two tarballs as one, past the first one's end.
 func NodeFiles(files map[string][]byte) ([]byte, error) {
 	if len(files) == 0 {
@@ -269,7 +338,7 @@ func NodeFiles(files map[string][]byte) ([]byte, error) {
 			return nil, fmt.Errorf("node file %q: want a clean relative path", name)
 		}
 		data := files[name]
-		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "release/" + p, Mode: 0o644, Size: int64(len(data)), ModTime: now}); err != nil {
+		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "node/" + p, Mode: 0o644, Size: int64(len(data)), ModTime: now}); err != nil {
 			return nil, err
 		}
 		if _, err := tw.Write(data); err != nil {
@@ -290,7 +359,9 @@ func NodeFiles(files map[string][]byte) ([]byte, error) {
 func (l Layout) IndexPath(name string) string { return l.ReleaseDir(name) + ".index" }
 
 // WriteIndex returns the command that keeps the Index of release name, read
-// on stdin with hex SHA-256 sum (after a whole release was received).
+// on stdin with hex SHA-256 sum (after a whole release was received), and
+// before its rendered files are written (Layout.WriteFile, which takes
+// their paths out of it).
 func (l Layout) WriteIndex(name, sum string) (Cmd, error) {
 	if _, err := l.root(); err != nil {
 		return Cmd{}, err

@@ -1,14 +1,22 @@
 package hosts
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
+	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/google/go-cmp/cmp"
 )
 
 func TestReceiveBuilder(t *testing.T) {
@@ -140,5 +148,87 @@ func TestReceiveRuns(t *testing.T) {
 				t.Errorf("releases/ holds %q, want nothing", got)
 			}
 		})
+	}
+}
+
+// TestReadOfferGrowsWithTheBytes: an offer declaring the largest index
+// and sending a few bytes costs a few KiB, not the 128 MiB declared, and
+// fails saying the index was cut short; an index that arrives whole, past
+// the first buffer's size, comes back byte for byte, and what follows it is
+// left to read.
+func TestReadOfferGrowsWithTheBytes(t *testing.T) {
+	declared := "base v1 " + strconv.Itoa(maxIndex) + "\n" + indexHeader + "\nd 0755 bin\n"
+	var err error
+	allocated := allocatedBy(func() {
+		_, err = ReadOffer(bufio.NewReader(strings.NewReader(declared)))
+	})
+	if !errors.Is(err, io.ErrUnexpectedEOF) || !strings.Contains(err.Error(), "index of v1") {
+		t.Errorf("got %v, want an index of v1 cut short", err)
+	}
+	if allocated > 256<<10 {
+		t.Errorf("reading %d bytes of an offer allocated %d KiB", len(declared), allocated>>10)
+	}
+	t.Logf("an offer declaring %d MiB and sending %d bytes allocated %d bytes", maxIndex>>20, len(declared), allocated)
+
+	var ix bytes.Buffer
+	ix.WriteString(indexHeader + "\n")
+	for i := 0; ix.Len() < 5*indexChunk+17; i++ {
+		fmt.Fprintf(&ix, "f 0644 %s lib/m%d.beam\n", strings.Repeat("ab", 32), i)
+	}
+	r := bufio.NewReader(strings.NewReader("base v1 " + strconv.Itoa(ix.Len()) + "\n" + ix.String() + "link\n"))
+	offer, err := ReadOffer(r)
+	if err != nil || offer.Base != "v1" || !bytes.Equal(offer.Index, ix.Bytes()) {
+		t.Fatalf("offer of %d bytes: base %q, %d bytes, %v", ix.Len(), offer.Base, len(offer.Index), err)
+	}
+	if rest, _ := io.ReadAll(r); string(rest) != "link\n" {
+		t.Errorf("left %q after the index, want %q", rest, "link\n")
+	}
+	if _, err := ReadOffer(bufio.NewReader(strings.NewReader("base v1 " + strconv.Itoa(maxIndex+1) + "\n"))); err == nil {
+		t.Error("took an index larger than the limit")
+	}
+}
+
+// allocatedBy returns how many bytes fn allocated on the heap.
+func allocatedBy(fn func()) uint64 {
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	fn()
+	runtime.ReadMemStats(&after)
+	return after.TotalAlloc - before.TotalAlloc
+}
+
+// TestDropIndexed: the script function that takes rendered paths out of a
+// kept index matches whole paths, spaces and look-alikes included, and
+// leaves every other line as it was.
+func TestDropIndexed(t *testing.T) {
+	sum := strings.Repeat("ab", 32)
+	ix := Index{
+		"b":                         {Mode: 0o644, Sum: sum},
+		"a b":                       {Mode: 0o644, Sum: sum},
+		" b":                        {Mode: 0o644, Sum: sum},
+		"releases/0.1.0/vm.args":    {Mode: 0o644, Sum: sum},
+		"releases/0.1.0/vm.args.in": {Mode: 0o644, Sum: sum},
+		"releases":                  {Dir: true, Mode: 0o755},
+		"it's $(x) `y`":             {Mode: 0o600, Sum: sum},
+	}
+	file := filepath.Join(t.TempDir(), "it's.index")
+	if err := os.WriteFile(file, ix.Marshal(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c := script(dropIndexed+"\ndrop_indexed \"$1\" \"$2\"", file, "./b\nreleases/0.1.0/vm.args\nit's $(x) `y`")
+	runHere(t, c, nil)
+	got, err := ParseIndex(mustRead(t, file))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{"b", "releases/0.1.0/vm.args", "it's $(x) `y`"} {
+		delete(ix, p)
+	}
+	if diff := cmp.Diff(ix, got); diff != "" {
+		t.Errorf("index (-want +got):\n%s", diff)
+	}
+	if string(mustRead(t, file)) != string(ix.Marshal()) {
+		t.Errorf("the lines kept changed:\n%s", mustRead(t, file))
 	}
 }

@@ -51,15 +51,19 @@ const (
 
 // watchdog runs before a command that gets no stdin. It keeps the session's
 // stdin on fd 3, gives the command /dev/null, and leaves a background shell
-// that waits for stdin to end. The operator never writes to that stdin and
-// closes it only to cancel; sshd closes it too when the connection dies. If
-// the command is still running then, the watchdog sends TERM, then KILL
-// after the grace period, to the session's process group (the login shell,
-// which becomes the command, leads it). Signal requests alone do not do:
-// OpenSSH does not kill a session's processes when the client goes away,
-// and refuses signal requests in some set-ups (OpenSSH 9.2 logged in as
-// root: "session signalling requires privilege separation"). A command that
-// ended on its own is never touched, nor what it left running.
+// that waits for stdin to end. The operator writes nothing to that stdin
+// but the environment line, which envReader has read before the watchdog
+// starts, and closes it only to cancel; sshd closes it too when the
+// connection dies. If the command is still running then, the watchdog
+// sends TERM, then KILL after the grace period, to the session's process
+// group (the login shell, which becomes the command, leads it). Its
+// command line is the whole session's for as long as it lives, which is
+// why no value of the command's environment is on it (Cmd.String).
+// Signal requests alone do not do: OpenSSH does not kill a session's
+// processes when the client goes away, and refuses signal requests in
+// some set-ups (OpenSSH 9.2 logged in as root: "session signalling
+// requires privilege separation"). A command that ended on its own is
+// never touched, nor what it left running.
 const watchdog = `exec 3<&0 </dev/null; { trap "" TERM INT HUP; while read -r _ <&3; do :; done; if kill -0 $$; then kill -s TERM 0; sleep %d; kill -s KILL 0; fi; } >/dev/null 2>&1 & exec 3<&-; `
 
 // pgidMarker starts the first stderr line of a command that reads stdin:
@@ -123,16 +127,25 @@ func (p *Pool) Run(ctx context.Context, t Target, c Cmd, e Exec) error {
 		outLines = &lineWriter{emit: emit("stdout")}
 		sess.Stdout = outLines
 	}
-	stdin, err := sess.StdinPipe()
+	pipe, err := sess.StdinPipe()
 	if err != nil {
 		return cl.connErr("open session", err)
 	}
+	stdin := &sessionInput{w: pipe}
 
-	line := c.String()
+	// The environment travels on stdin, read first (envReader): on the
+	// command line it would show in ps for as long as the watchdog, a fork
+	// of the shell sshd starts with that line, lives.
+	env := c.envLine()
+	reader := ""
+	if env != "" {
+		reader = envReader
+	}
+	var line string
 	if e.Stdin == nil {
-		line = fmt.Sprintf(watchdog, int(math.Ceil(p.cfg.StopGrace.Seconds()))) + line
+		line = reader + fmt.Sprintf(watchdog, int(math.Ceil(p.cfg.StopGrace.Seconds()))) + c.String()
 	} else {
-		line = pgidReport + line
+		line = pgidReport + reader + c.String()
 	}
 	start := time.Now()
 	log.Debug("run", "cmd", c.Redacted())
@@ -141,9 +154,17 @@ func (p *Pool) Run(ctx context.Context, t Target, c Cmd, e Exec) error {
 	}
 	src := &readErr{r: e.Stdin}
 	stdinDone := make(chan struct{})
-	if e.Stdin != nil {
+	if e.Stdin != nil || env != "" {
 		go func() {
 			defer close(stdinDone)
+			if env != "" {
+				if _, err := io.WriteString(stdin, env); err != nil {
+					return // the session ended: its status tells why
+				}
+			}
+			if e.Stdin == nil {
+				return // kept open: its end is the watchdog's cue
+			}
 			io.Copy(stdin, src) // a write error means the command stopped reading: its status tells why
 			stdin.Close()       // EOF: the input is complete (or the command's checks will see it is not)
 		}()
@@ -443,4 +464,56 @@ func (c *cancelOnError) Write(p []byte) (int, error) {
 		c.cancel(fmt.Errorf("write output: %w", err))
 	}
 	return n, err
+}
+
+// sessionInput is a session's stdin for its one writer (the copy of a
+// command's input) and for Run and stop, which end it: x/crypto's channel
+// is safe neither for two CloseWrites nor for one beside a Write (each
+// touches its sentEOF unlocked; go test -race reported both). It closes
+// once, and never during a write: a Close that comes while a write is in
+// flight leaves the close to that write, when it returns, so Close never
+// waits on a peer that does not read; every later write fails.
+type sessionInput struct {
+	w io.WriteCloser
+
+	mu      sync.Mutex
+	writing bool
+	closing bool // Close was called
+	closed  bool // w was closed
+}
+
+func (s *sessionInput) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		return 0, io.ErrClosedPipe
+	}
+	s.writing = true
+	s.mu.Unlock()
+	n, err := s.w.Write(p)
+	s.mu.Lock()
+	s.writing = false
+	late := s.closing && !s.closed
+	s.closed = s.closed || late
+	s.mu.Unlock()
+	if late {
+		s.w.Close()
+	}
+	return n, err
+}
+
+func (s *sessionInput) Close() error {
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closing = true
+	if s.writing {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	s.mu.Unlock()
+	return s.w.Close()
 }
