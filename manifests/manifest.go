@@ -29,6 +29,7 @@ const (
 	DefaultExpectStatus  = 200
 	DefaultHAProxySocket = "/run/haproxy/admin.sock"
 	DefaultDrainTimeout  = 10 * time.Second
+	DefaultBuildTimeout  = 30 * time.Minute
 )
 
 // DefaultBuildDir returns build.dir when the manifest leaves it out:
@@ -73,6 +74,13 @@ type Build struct {
 	// Artifact is a path.Match glob, relative to Dir, that must match exactly
 	// one .tar.gz of the release after the steps ran.
 	Artifact string
+	// Timeout (build.timeout) bounds the phases that switch no node: the
+	// build and the release's staging on the nodes together, from the push
+	// of the commit to the release unpacked everywhere, and the migration
+	// on its own. A command still running then is stopped and the deploy
+	// fails, so a hung step (a download that never ends) cannot hold the
+	// deploy, or the environment's next deploys, for ever.
+	Timeout time.Duration
 }
 
 // Step is one build command, run through a POSIX shell in Build.Dir.
@@ -134,8 +142,11 @@ type Health struct {
 
 // Rollout paces the switch from node to node.
 type Rollout struct {
-	Batch   int           // nodes switched at a time
-	Timeout time.Duration // per node, from stop to passing its checks
+	Batch int // nodes switched at a time
+	// Timeout is per node, from its stop to passing its checks; a node's
+	// rollback (or its recovery from a stop that failed) has as much again
+	// of its own. A command still running then is stopped.
+	Timeout time.Duration
 }
 
 // LoadBalancer names the load balancer that fronts the nodes, so that a

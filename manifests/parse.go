@@ -382,6 +382,7 @@ func (d *decoder) stringMap(n *yaml.Node, key string) map[string]string {
 // a key given explicitly (even as 0) is never overwritten by one.
 func (d *decoder) manifest(root *yaml.Node) *Manifest {
 	m := &Manifest{
+		Build:   Build{Timeout: DefaultBuildTimeout},
 		Rollout: Rollout{Batch: DefaultBatch, Timeout: DefaultTimeout},
 		Cluster: Cluster{Settle: DefaultSettle},
 	}
@@ -396,6 +397,7 @@ func (d *decoder) manifest(root *yaml.Node) *Manifest {
 				field{"env", func(n *yaml.Node, k string) { m.Build.Env = d.stringMap(n, k) }},
 				field{"steps", func(n *yaml.Node, k string) { m.Build.Steps = d.steps(n, k) }},
 				field{"artifact", func(n *yaml.Node, k string) { m.Build.Artifact = d.str(n, k) }},
+				field{"timeout", func(n *yaml.Node, k string) { m.Build.Timeout = d.duration(n, k) }},
 			)
 		}},
 		field{"environments", func(n *yaml.Node, k string) { m.Environments = d.environments(n, k) }},

@@ -75,6 +75,7 @@ func TestParseFull(t *testing.T) {
 				{Run: "npm run deploy --prefix assets && mix release --overwrite"},
 			},
 			Artifact: "_build/prod/chat-*.tar.gz",
+			Timeout:  DefaultBuildTimeout,
 		},
 		Environments: map[string]Environment{
 			"production": {Name: "production", Hosts: []string{"nyc", "lon"}, DeployTo: "/home/deploy/chat", KeepReleases: 5},
@@ -116,6 +117,7 @@ func TestParseDefaults(t *testing.T) {
 			Dir:      "build/chat",
 			Steps:    []Step{{Run: "mix release --overwrite"}},
 			Artifact: "_build/prod/chat-*.tar.gz",
+			Timeout:  DefaultBuildTimeout,
 		},
 		Environments: map[string]Environment{
 			"production": {Name: "production", Hosts: []string{"nyc"}, DeployTo: "/home/deploy/chat", KeepReleases: 5},
@@ -147,6 +149,23 @@ func TestParseSectionDefaults(t *testing.T) {
 	wantLB := &LoadBalancer{HAProxy: HAProxy{Host: "nyc", Socket: "/run/haproxy/admin.sock", Backend: "www"}, DrainTimeout: DefaultDrainTimeout}
 	if diff := cmp.Diff(wantLB, m.LoadBalancer); diff != "" {
 		t.Errorf("LoadBalancer mismatch (-want +got):\n%s", diff)
+	}
+}
+
+// TestParseBuildTimeout checks that build.timeout, when given, replaces
+// its default.
+func TestParseBuildTimeout(t *testing.T) {
+	data, err := os.ReadFile("testdata/valid/minimal.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	data = []byte(strings.Replace(string(data), "build:\n", "build:\n  timeout: 45m\n", 1))
+	m, err := Parse("deploy.yaml", data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := m.Build.Timeout, 45*time.Minute; got != want {
+		t.Errorf("Build.Timeout = %v, want %v", got, want)
 	}
 }
 

@@ -24,7 +24,6 @@ var (
 	// and command lines, so they are kept to characters that need no quoting
 	// and cannot be read as an option.
 	namePattern    = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]*$`)
-	envVarPattern  = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 	addressPattern = regexp.MustCompile(`^[A-Za-z0-9_.:%][A-Za-z0-9_.:%-]*$`)
 	userPattern    = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]*$`)
 	nodePattern    = regexp.MustCompile(`^[A-Za-z0-9_-]+@[A-Za-z0-9_.:-]+$`)
@@ -41,7 +40,9 @@ func (d *decoder) check(m *Manifest) {
 	d.checkEnvironments(m)
 	d.checkRelease(m)
 
-	d.required("cluster.members", m.Cluster.Members)
+	if d.required("cluster.members", m.Cluster.Members) {
+		d.noNUL("cluster.members", m.Cluster.Members)
+	}
 	if m.Cluster.Settle <= 0 {
 		d.report("cluster.settle", "must be positive")
 	}
@@ -57,16 +58,52 @@ func (d *decoder) check(m *Manifest) {
 	if lb := m.LoadBalancer; lb != nil {
 		h := lb.HAProxy
 		d.knownHost(m, "loadbalancer.haproxy.host", h.Host)
-		if d.required("loadbalancer.haproxy.socket", h.Socket) && !path.IsAbs(h.Socket) {
-			d.report("loadbalancer.haproxy.socket", "must be an absolute path")
+		if d.required("loadbalancer.haproxy.socket", h.Socket) {
+			switch {
+			case !path.IsAbs(h.Socket):
+				d.report("loadbalancer.haproxy.socket", "must be an absolute path")
+			case !ValidHAProxySocket(h.Socket):
+				d.report("loadbalancer.haproxy.socket", "%q: must not hold , : ! spaces or newlines (socat reads them as part of its address)", h.Socket)
+			}
 		}
-		if d.required("loadbalancer.haproxy.backend", h.Backend) && strings.ContainsFunc(h.Backend, isSpace) {
-			d.report("loadbalancer.haproxy.backend", "must not contain spaces")
+		if d.required("loadbalancer.haproxy.backend", h.Backend) && !HAProxyName.MatchString(h.Backend) {
+			d.report("loadbalancer.haproxy.backend", "%q %s", h.Backend, haproxyNameRule)
 		}
 		if lb.DrainTimeout <= 0 {
 			d.report("loadbalancer.drain_timeout", "must be positive")
 		}
+		d.checkServerNames(m)
 	}
+}
+
+const haproxyNameRule = "is not an HAProxy name: at most 64 letters, digits, _ . : and -"
+
+// checkServerNames checks the host names of the environments' nodes as
+// HAProxy server names, which they are: a name the manifest allows may
+// still be too long for HAProxy.
+func (d *decoder) checkServerNames(m *Manifest) {
+	seen := map[string]bool{}
+	for _, env := range sortedKeys(m.Environments) {
+		for _, name := range m.Environments[env].Hosts {
+			if _, ok := m.Hosts[name]; !ok || seen[name] || !namePattern.MatchString(name) {
+				continue // unknown or badly named: reported already
+			}
+			seen[name] = true
+			if !HAProxyName.MatchString(name) {
+				d.report("hosts."+name, "host name %q is a server name in HAProxy's backend and %s", name, haproxyNameRule)
+			}
+		}
+	}
+}
+
+// noNUL reports a value that holds a NUL byte, which no command line or
+// environment can carry; it says whether v is free of one.
+func (d *decoder) noNUL(key, v string) bool {
+	if strings.ContainsRune(v, 0) {
+		d.report(key, "must not hold a NUL byte")
+		return false
+	}
+	return true
 }
 
 // required reports a missing or blank value and says whether it is there.
@@ -131,18 +168,27 @@ func (d *decoder) checkHosts(m *Manifest) {
 func (d *decoder) checkBuild(m *Manifest) {
 	b := m.Build
 	d.knownHost(m, "build.host", b.Host)
-	d.required("build.dir", b.Dir)
-	d.checkEnvNames("build.env", b.Env)
+	if d.required("build.dir", b.Dir) && !ValidBuildDir(b.Dir) {
+		d.report("build.dir", "%q %s", b.Dir, buildDirProblem(b.Dir))
+	}
+	d.checkEnv("build.env", b.Env)
 	if d.requiredLen("build.steps", len(b.Steps)) {
 		for i, s := range b.Steps {
 			key := fmt.Sprintf("build.steps[%d]", i)
-			d.required(key+".run", s.Run)
+			if d.required(key+".run", s.Run) {
+				d.noNUL(key+".run", s.Run)
+			}
 			for j, p := range s.WhenChanged {
 				d.checkRelPath(fmt.Sprintf("%s.when_changed[%d]", key, j), p, true)
 			}
 		}
 	}
-	d.checkRelPath("build.artifact", b.Artifact, true)
+	if d.checkRelPath("build.artifact", b.Artifact, true) && !ValidArtifactGlob(b.Artifact) {
+		d.report("build.artifact", "%q: want a glob of plain path characters (letters, digits, _ . + @ %% , = : / - and * ? [ ])", b.Artifact)
+	}
+	if b.Timeout <= 0 {
+		d.report("build.timeout", "must be positive")
+	}
 }
 
 func (d *decoder) checkEnvironments(m *Manifest) {
@@ -158,8 +204,12 @@ func (d *decoder) checkEnvironments(m *Manifest) {
 		if d.requiredLen(key+".hosts", len(e.Hosts)) {
 			d.checkNodes(m, key+".hosts", e.Hosts)
 		}
-		if d.required(key+".deploy_to", e.DeployTo) && !path.IsAbs(e.DeployTo) {
-			d.report(key+".deploy_to", "must be an absolute path")
+		if d.required(key+".deploy_to", e.DeployTo) {
+			if _, err := CleanDeployTo(e.DeployTo); !path.IsAbs(e.DeployTo) {
+				d.report(key+".deploy_to", "must be an absolute path")
+			} else if err != nil {
+				d.report(key+".deploy_to", "must not hold a NUL byte")
+			}
 		}
 		if e.KeepReleases < 2 {
 			d.report(key+".keep_releases", "must be at least 2, to keep the current and the previous release")
@@ -194,10 +244,15 @@ func (d *decoder) checkNodes(m *Manifest, key string, names []string) {
 
 func (d *decoder) checkRelease(m *Manifest) {
 	r := m.Release
-	d.required("release.start", r.Start)
-	d.required("release.stop", r.Stop)
-	d.required("release.ping", r.Ping)
-	d.checkEnvNames("release.env", r.Env)
+	for _, c := range []struct{ key, cmd string }{
+		{"release.start", r.Start}, {"release.stop", r.Stop}, {"release.ping", r.Ping},
+	} {
+		if d.required(c.key, c.cmd) {
+			d.noNUL(c.key, c.cmd)
+		}
+	}
+	d.noNUL("release.migrate", r.Migrate)
+	d.checkEnv("release.env", r.Env)
 	sample := sampleData(m.App)
 	for _, name := range sortedKeys(r.Env) {
 		if _, err := checkTemplate(r.Env[name], sample); err != nil {
@@ -205,13 +260,33 @@ func (d *decoder) checkRelease(m *Manifest) {
 		}
 	}
 	for i, l := range r.Links {
-		d.checkRelPath(fmt.Sprintf("release.links[%d]", i), l, false)
+		d.checkReleasePath(fmt.Sprintf("release.links[%d]", i), l)
 	}
 	for i, f := range r.Files {
 		key := fmt.Sprintf("release.files[%d]", i)
 		d.checkRelPath(key+".template", f.Template, false)
-		d.checkRelPath(key+".path", f.Path, false)
+		// A rendered file travels with a node's delta, named in the
+		// release's index.
+		if d.checkReleasePath(key+".path", f.Path) {
+			if _, ok := CleanIndexPath(f.Path); !ok {
+				d.report(key+".path", "%q: must not hold a newline, carriage return or backslash", f.Path)
+			}
+		}
 	}
+}
+
+// checkReleasePath checks a path relative to the release as checkRelPath
+// does, and as the deploy does (CleanReleasePath); it says whether the path
+// passed.
+func (d *decoder) checkReleasePath(key, p string) bool {
+	if !d.checkRelPath(key, p, false) {
+		return false
+	}
+	if _, err := CleanReleasePath(p); err != nil {
+		d.report(key, "must not hold a NUL byte")
+		return false
+	}
+	return true
 }
 
 func (d *decoder) checkHealth(m *Manifest) {
@@ -228,20 +303,39 @@ func (d *decoder) checkHealth(m *Manifest) {
 	}
 }
 
-func (d *decoder) checkEnvNames(key string, env map[string]string) {
+// buildDirProblem says why ValidBuildDir refuses dir.
+func buildDirProblem(dir string) string {
+	const own = ": the workspace needs a directory of its own (absolute, or relative to the home directory)"
+	switch c := path.Clean(dir); {
+	case strings.ContainsAny(dir, "\x00\n"):
+		return "must not hold a newline or NUL byte"
+	case c == "/":
+		return "is the root directory" + own
+	case c == ".":
+		return "is the home directory itself" + own
+	default:
+		return "leaves the home directory" + own
+	}
+}
+
+// checkEnv checks an environment's names, and that its values can reach a
+// command's environment.
+func (d *decoder) checkEnv(key string, env map[string]string) {
 	for _, name := range sortedKeys(env) {
-		if !envVarPattern.MatchString(name) {
+		if !ValidEnvName(name) {
 			d.report(key+"."+name, "%q is not an environment variable name", name)
+		} else {
+			d.noNUL(key+"."+name, env[name])
 		}
 	}
 }
 
 // checkRelPath checks a path that must stay inside its directory (the repo,
 // the build workspace or the release), and, when glob is set, that it is a
-// valid path.Match pattern.
-func (d *decoder) checkRelPath(key, p string, glob bool) {
+// valid path.Match pattern. It says whether the path passed.
+func (d *decoder) checkRelPath(key, p string, glob bool) bool {
 	if !d.required(key, p) {
-		return
+		return false
 	}
 	switch {
 	case path.IsAbs(p):
@@ -250,14 +344,15 @@ func (d *decoder) checkRelPath(key, p string, glob bool) {
 		d.report(key, "must not contain ..")
 	case path.Clean(p) == ".":
 		d.report(key, "must name a file, not the directory itself")
-	case glob:
-		if _, err := path.Match(p, ""); err != nil {
+	default:
+		if _, err := path.Match(p, ""); glob && err != nil {
 			d.report(key, "%q is not a valid glob: %v", p, err)
+			return false
 		}
+		return true
 	}
+	return false
 }
-
-func isSpace(r rune) bool { return r == ' ' || r == '\t' || r == '\n' || r == '\r' }
 
 func sortedKeys[V any](m map[string]V) []string {
 	keys := make([]string, 0, len(m))

@@ -91,7 +91,11 @@ func (r *Reconciler) refreshWorkspace(ctx context.Context, run *run) {
 		return
 	}
 	run.bg.Go(func() {
-		if err := run.exec(context.WithoutCancel(ctx), run.plan.Build, "build", c, nil); err != nil {
+		// Not cancelled with the deploy: git killed mid-refresh would
+		// leave its index locked. Bounded all the same.
+		ctx, cancel := within(context.WithoutCancel(ctx), run.plan.Manifest.Rollout.Timeout, "rollout.timeout", false)
+		defer cancel()
+		if err := run.exec(ctx, run.plan.Build, "build", c, nil); err != nil {
 			run.rec.Logf(run.plan.Build.Name, "refreshing the checkout's index: %v (the next checkout reads every file)", err)
 		}
 	})
@@ -118,7 +122,8 @@ func (run *run) output(ctx context.Context, t hosts.Target, c hosts.Cmd) ([]byte
 // build makes sure the build host holds the commit's artifact. It records
 // "skipped" when the artifact exists; otherwise it pushes the commit, checks
 // it out in the persistent workspace, runs each step whose inputs changed
-// since its last success, and keeps the artifact under its sha256.
+// since its last success, and keeps the artifact under its sha256. Its ctx
+// carries build.timeout, which the stage shares (deploy).
 func (r *Reconciler) build(ctx context.Context, run *run) error {
 	p := run.plan
 	sha := p.Commit.SHA

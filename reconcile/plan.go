@@ -153,14 +153,17 @@ func target(h manifests.Host) hosts.Target {
 // Plan looks at the repo and the hosts and says what a sync would do,
 // changing nothing. With a plan it returns a *DeployError when the manifest
 // is invalid or a host cannot be observed; a nil plan means even the repo
-// could not be read.
+// could not be read. The fetch has fetchTimeout; each node's observation,
+// and the artifact's lookup, rollout.timeout; HAProxy's states lbTimeout.
 func (r *Reconciler) Plan(ctx context.Context) (*Plan, error) { return r.PlanAt(ctx, "") }
 
 // PlanAt is Plan with the desired commit named: rev, a commit SHA or a
 // prefix of one, instead of the branch head ("" means the head). The
 // manifest is read at that commit, as its release expects.
 func (r *Reconciler) PlanAt(ctx context.Context, rev string) (*Plan, error) {
-	desired, err := r.Source.Fetch(ctx)
+	fctx, cancel := within(ctx, fetchTimeout, "the fetch's time", false)
+	desired, err := r.Source.Fetch(fctx)
+	cancel()
 	if err != nil {
 		return nil, &DeployError{Class: ClassError, Phase: "fetch", Err: err}
 	}
@@ -212,6 +215,8 @@ func (r *Reconciler) PlanAt(ctx context.Context, rev string) (*Plan, error) {
 		ws := hosts.Workspace{Dir: m.Build.Dir}
 		c, err := ws.LookupArtifact(desired)
 		if err == nil {
+			ctx, cancel := within(ctx, m.Rollout.Timeout, "rollout.timeout", false)
+			defer cancel()
 			var out []byte
 			if out, err = r.Fleet.Output(ctx, p.Build, c); err == nil {
 				p.Artifact, err = hosts.ParseSum(out)
@@ -245,6 +250,8 @@ func (r *Reconciler) drained(ctx context.Context, m *manifests.Manifest) map[str
 	lbHost.Name = lb.Host
 	c, err := hosts.HAProxy{Socket: lb.Socket}.ShowServersState(lb.Backend)
 	if err == nil {
+		ctx, cancel := context.WithTimeout(ctx, lbTimeout)
+		defer cancel()
 		var out []byte
 		if out, err = r.Fleet.Output(ctx, lbHost, c); err == nil {
 			var d map[string]bool
@@ -269,8 +276,14 @@ func migratedFile(env manifests.Environment, commit string) string {
 }
 
 // observe reads what n runs: current, the releases it holds, the recorded
-// previous release, and whether the app answers its ping.
+// previous release, and whether the app answers its ping, within
+// rollout.timeout (a ping left running in the background has that from its
+// own start).
 func (r *Reconciler) observe(ctx context.Context, p *Plan, n *Node) error {
+	limit := p.Manifest.Rollout.Timeout
+	bg := ctx // for the background ping, which outlives observe
+	ctx, cancel := within(ctx, limit, "rollout.timeout", false)
+	defer cancel()
 	layout := hosts.Layout{DeployTo: p.Env.DeployTo}
 	records := []string{previousFile(p.Env)}
 	if p.Commit.SHA != "" {
@@ -304,8 +317,10 @@ func (r *Reconciler) observe(ctx context.Context, p *Plan, n *Node) error {
 		n.Running = true
 		n.confirm = make(chan pingResult, 1)
 		shadow := *n
+		pctx, pcancel := within(bg, limit, "rollout.timeout", false)
 		go func() {
-			up, err := r.ping(ctx, p, &shadow, nil)
+			defer pcancel()
+			up, err := r.ping(pctx, p, &shadow, nil)
 			n.confirm <- pingResult{up: up, pid: shadow.pid, err: err}
 		}()
 		return nil
@@ -333,14 +348,21 @@ func (r *Reconciler) healthy(ctx context.Context, p *Plan, n *Node) bool {
 
 // confirmRunning settles n.Running with the ping observe left running in
 // the background, if any; a ping that could not run (the host, the
-// context) is run again here.
+// context) is run again here, one that did not return within its time is
+// not.
 func (r *Reconciler) confirmRunning(ctx context.Context, run *run, n *Node) error {
 	if n.confirm == nil {
 		return nil
 	}
 	res := <-n.confirm
 	n.confirm = nil
+	var te *timeoutError
+	if errors.As(res.err, &te) {
+		return res.err
+	}
 	if res.err != nil {
+		ctx, cancel := within(ctx, run.plan.Manifest.Rollout.Timeout, "rollout.timeout", false)
+		defer cancel()
 		up, err := r.ping(ctx, run.plan, n, run.rec)
 		if err != nil {
 			return err

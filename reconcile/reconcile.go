@@ -205,8 +205,18 @@ func (r *Reconciler) deploy(ctx context.Context, trigger string, plan *Plan, pla
 		onBegin(rec)
 	}
 	run := &run{r: r, plan: plan, rec: rec, started: time.Now()}
+	// The build and the stage, which switch no node, share build.timeout:
+	// the stage's sessions open while the build steps run.
+	var prep context.Context
+	var endPrep context.CancelFunc
+	if planErr == nil {
+		prep, endPrep = within(ctx, plan.Manifest.Build.Timeout, "build.timeout", true)
+	} else {
+		prep, endPrep = context.WithCancel(ctx) // no phase runs
+	}
 	defer func() {
 		run.closeSessions()
+		endPrep()
 		r.undrain(ctx, run)
 		run.bg.Wait()
 		r.finish(run, err)
@@ -220,19 +230,20 @@ func (r *Reconciler) deploy(ctx context.Context, trigger string, plan *Plan, pla
 	steps := []struct {
 		name string
 		fn   phase
+		ctx  context.Context
 	}{
-		{"build", r.build},
-		{"stage", r.stage},
-		{"migrate", r.migrate},
-		{"rollout", r.rollout},
-		{"prune", r.prune},
+		{"build", r.build, prep},
+		{"stage", r.stage, prep},
+		{"migrate", r.migrate, ctx},
+		{"rollout", r.rollout, ctx},
+		{"prune", r.prune, ctx},
 	}
 	for _, s := range steps {
 		if err := r.checkStop(); err != nil {
 			return out, &DeployError{Class: ClassError, Phase: s.name, Err: err}
 		}
 		started := time.Now()
-		if err := s.fn(ctx, run); err != nil {
+		if err := s.fn(s.ctx, run); err != nil {
 			rec.Phase(s.name, started, "failed: "+err.Error())
 			return out, classify(s.name, "", err)
 		}

@@ -14,7 +14,10 @@ import (
 // rollback without --to goes back to where the first one came from.
 func (r *Reconciler) RollbackTarget(ctx context.Context, rev string) (gitsrc.Commit, error) {
 	if rev != "" {
-		if _, err := r.Source.Fetch(ctx); err != nil {
+		fctx, cancel := within(ctx, fetchTimeout, "the fetch's time", false)
+		_, err := r.Source.Fetch(fctx)
+		cancel()
+		if err != nil {
 			return gitsrc.Commit{}, err
 		}
 		sha, err := r.Source.Resolve(rev)

@@ -36,11 +36,15 @@ func (r *Reconciler) migrate(ctx context.Context, run *run) error {
 	}
 	r.report(run, Pending, "migrating")
 	run.progress("migrate: on %s", first.Name())
+	// The drain outlives the migration (the rollout takes it), and has
+	// bounds of its own.
 	r.startPredrain(ctx, run)
 	env, err := r.releaseEnv(p, first, sha)
 	if err != nil {
 		return err
 	}
+	ctx, cancel := within(ctx, p.Manifest.Build.Timeout, "build.timeout", true)
+	defer cancel()
 	layout := hosts.Layout{DeployTo: p.Env.DeployTo}
 	// The record is written by the same command, once the migration
 	// succeeded.
@@ -102,7 +106,11 @@ func (r *Reconciler) undrain(ctx context.Context, run *run) {
 		return
 	}
 	<-pd.done
-	if err := r.setLB(context.WithoutCancel(ctx), run, pd.n, "ready"); err != nil {
+	// Not cancelled with the deploy, which may end because it was: the
+	// node must not stay drained.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), lbTimeout)
+	defer cancel()
+	if err := r.setLB(ctx, run, pd.n, "ready"); err != nil {
 		run.rec.Logf(pd.n.Name(), "back in the load balancer after the migration: %v", err)
 	}
 }
@@ -206,7 +214,10 @@ const (
 )
 
 // updateNode moves one node to the commit, rolling it back when a check
-// fails. It returns a *DeployError naming the node and the check.
+// fails. It returns a *DeployError naming the node and the check. From its
+// stop to its checks passed the node has rollout.timeout; a rollback, or
+// the recovery from a stop that failed, has rollout.timeout of its own,
+// even when ctx was cancelled.
 func (r *Reconciler) updateNode(ctx context.Context, run *run, n *Node, alive *live) error {
 	p := run.plan
 	sha := p.Commit.SHA
@@ -225,17 +236,30 @@ func (r *Reconciler) updateNode(ctx context.Context, run *run, n *Node, alive *l
 		drain = func() error { return <-pd.done }
 	}
 	if err := run.timed("drain wait", drain); err != nil {
+		// The drain may have been set before the wait failed (or the
+		// deploy was cancelled during it).
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), lbTimeout)
+		if rerr := r.setLB(rctx, run, n, "ready"); rerr != nil {
+			run.rec.Logf(n.Name(), "back in the load balancer after the drain failed: %v", rerr)
+		}
+		cancel()
 		return fail(checkDrain, err)
 	}
+	limit := p.Manifest.Rollout.Timeout
+	nctx, cancel := within(ctx, limit, "rollout.timeout", true)
+	defer cancel()
 	if n.Current != "" {
-		if err := run.timed("stop", func() error { return r.stopNode(ctx, run, n, n.Current, n.Running) }); err != nil {
-			r.setLB(ctx, run, n, "ready")
+		if err := run.timed("stop", func() error { return r.stopNode(nctx, run, n, n.Current, n.Running) }); err != nil {
+			run.rec.Logf(n.Name(), "stop failed: %v; bringing the node back", err)
+			run.progress("rollout: %s failed stop: bringing it back on %s", n.Name(), short(n.Current))
+			outcome := r.recoverStop(ctx, run, n, alive)
+			run.rec.Node(history.NodeResult{Host: n.Name(), From: n.Current, To: n.Current, Outcome: "stop failed: " + outcome})
 			return fail(checkStop, err)
 		}
 	}
 	alive.set(n, false)
 	started := time.Now()
-	err := r.switchAndCheck(ctx, run, n, sha, prev, alive)
+	err := r.switchAndCheck(nctx, run, n, sha, prev, alive)
 	if err == nil {
 		run.rec.Logf(n.Name(), "on %s, checks passed, %v after stop", short(sha), time.Since(started).Round(time.Millisecond))
 		run.rec.Node(history.NodeResult{Host: n.Name(), From: prev, To: sha, Outcome: "updated"})
@@ -318,7 +342,7 @@ func (r *Reconciler) switchAndCheck(ctx context.Context, run *run, n *Node, rele
 				run.rec.Logf(n.Name(), "health answered %v after ping: asking for members", time.Since(hinted).Round(time.Millisecond))
 			}
 		}
-		return r.waitUntil(ctx, deadline, settle, func() (bool, string, error) {
+		return r.waitUntil(ctx, deadline, settle, func(ctx context.Context) (bool, string, error) {
 			return r.membership(ctx, run, alive.list())
 		})
 	}); err != nil {
@@ -326,7 +350,7 @@ func (r *Reconciler) switchAndCheck(ctx context.Context, run *run, n *Node, rele
 	}
 	if p.Manifest.Health != nil {
 		if err := run.timed("health wait", func() error {
-			return r.waitFor(ctx, p.Manifest.Rollout.Timeout, func() (bool, string, error) {
+			return r.waitFor(ctx, p.Manifest.Rollout.Timeout, func(ctx context.Context) (bool, string, error) {
 				return r.health(ctx, run, n, release)
 			})
 		}); err != nil {
@@ -337,11 +361,18 @@ func (r *Reconciler) switchAndCheck(ctx context.Context, run *run, n *Node, rele
 }
 
 // rollbackNode stops the failed release and brings prev back with the same
-// checks. It returns what happened, for the node's record.
+// checks, within rollout.timeout of its own (rollbackContext), the stop
+// within half of it. It returns what happened, for the node's record.
 func (r *Reconciler) rollbackNode(ctx context.Context, run *run, n *Node, failed, prev string, alive *live) string {
-	// A deploy cancelled mid-node must still put the node back.
-	ctx = context.WithoutCancel(ctx)
-	if err := r.stopNode(ctx, run, n, failed, false); err != nil {
+	ctx, cancel := rollbackContext(ctx, run.plan.Manifest)
+	defer cancel()
+	// The failed release was started, or its start failed: it is stopped
+	// without asking first, since its ping is what may hang.
+	half := run.plan.Manifest.Rollout.Timeout / 2
+	sctx, scancel := within(ctx, half, "half the rollback's rollout.timeout", true)
+	err := r.stopNode(sctx, run, n, failed, true)
+	scancel()
+	if err != nil {
 		run.rec.Logf(n.Name(), "stopping the failed release: %v", err)
 	}
 	alive.set(n, false)
@@ -358,6 +389,36 @@ func (r *Reconciler) rollbackNode(ctx context.Context, run *run, n *Node, failed
 		return "back on " + short(prev) + " but " + err.Error()
 	}
 	return "back on " + short(prev) + ", checks passed"
+}
+
+// recoverStop brings back a node whose stop failed (its command hung, or
+// the node did not go down in time), within rollout.timeout of its own
+// (rollbackContext): one that still answers its ping is put back in the
+// load balancer as it was; one that does not, or cannot say within half
+// of that time, is started again on its release and checked. It returns
+// what happened, for the node's record.
+func (r *Reconciler) recoverStop(ctx context.Context, run *run, n *Node, alive *live) string {
+	ctx, cancel := rollbackContext(ctx, run.plan.Manifest)
+	defer cancel()
+	half := run.plan.Manifest.Rollout.Timeout / 2
+	pctx, pcancel := within(ctx, half, "half the rollback's rollout.timeout", true)
+	up, err := r.ping(pctx, run.plan, n, run.rec)
+	pcancel()
+	if err == nil && up {
+		if err := r.setLB(ctx, run, n, "ready"); err != nil {
+			return "still running " + short(n.Current) + "; back in the load balancer failed: " + err.Error()
+		}
+		return "still running " + short(n.Current) + ", back in the load balancer"
+	}
+	if err != nil {
+		run.rec.Logf(n.Name(), "after the failed stop: %v", err)
+	}
+	alive.set(n, false)
+	n.Running = false
+	if err := r.switchAndCheck(ctx, run, n, n.Current, "", alive); err != nil {
+		return "started again on " + short(n.Current) + " but " + err.Error()
+	}
+	return "started again on " + short(n.Current) + ", checks passed"
 }
 
 // stopNode stops the node's release (running in current) and waits until
@@ -405,7 +466,7 @@ func (r *Reconciler) waitDown(ctx context.Context, run *run, n *Node, release st
 	p := run.plan
 	limit := p.Manifest.Rollout.Timeout
 	deadline := time.Now().Add(limit)
-	down := func() (bool, string, error) {
+	down := func(ctx context.Context) (bool, string, error) {
 		up, err := r.ping(ctx, p, n, nil)
 		return !up, "still answering " + p.Manifest.Release.Ping, err
 	}
@@ -419,9 +480,9 @@ func (r *Reconciler) waitDown(ctx context.Context, run *run, n *Node, release st
 			n.pid = 0
 			return nil
 		case ctx.Err() != nil:
-			return ctx.Err()
+			return context.Cause(ctx)
 		case errors.As(err, &ce) && ce.ExitCode == hosts.WaitStoppedUnsure:
-			ok, _, err := down()
+			ok, _, err := down(ctx)
 			if err != nil {
 				return err
 			}
@@ -470,6 +531,14 @@ func (r *Reconciler) waitUp(ctx context.Context, run *run, n *Node, release stri
 	deadline := time.Now().Add(limit)
 	answered := p.Manifest.Health == nil
 	started := time.Now()
+	// A ping that does not return is cut at the wait's end, as one that
+	// fails is retried until then.
+	parent := ctx
+	ctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
+	notUp := func() error {
+		return fmt.Errorf("%w after %v: not answering %s", errCheckTimeout, limit, p.Manifest.Release.Ping)
+	}
 	for {
 		if !answered {
 			var err error
@@ -483,19 +552,20 @@ func (r *Reconciler) waitUp(ctx context.Context, run *run, n *Node, release stri
 		}
 		tried := time.Now()
 		up, err := r.ping(ctx, p, n, run.rec)
-		if err != nil {
+		switch {
+		case cutBy(err, parent, ctx):
+			return served, fmt.Errorf("%w (the last did not return)", notUp())
+		case err != nil:
 			return served, err
-		}
-		if up {
+		case up:
 			return served, nil
-		}
-		if time.Now().After(deadline) {
-			return served, fmt.Errorf("%w after %v: not answering %s", errCheckTimeout, limit, p.Manifest.Release.Ping)
+		case time.Now().After(deadline):
+			return served, notUp()
 		}
 		if answered {
 			select {
-			case <-ctx.Done():
-				return served, ctx.Err()
+			case <-parent.Done():
+				return served, context.Cause(parent)
 			case <-time.After(r.pause(time.Since(tried))):
 			}
 		}
@@ -535,7 +605,7 @@ func (r *Reconciler) healthHint(ctx context.Context, run *run, n *Node, release 
 		}
 		select {
 		case <-ctx.Done():
-			return false, ctx.Err()
+			return false, context.Cause(ctx)
 		case <-time.After(healthHintInterval):
 		}
 	}
@@ -677,7 +747,9 @@ func (r *Reconciler) setLB(ctx context.Context, run *run, n *Node, state string)
 	if err != nil {
 		return err
 	}
-	out, err := run.output(ctx, lbHost, c)
+	lctx, cancel := context.WithTimeout(ctx, lbTimeout)
+	out, err := run.output(lctx, lbHost, c)
+	cancel()
 	if err != nil {
 		return err
 	}
@@ -706,15 +778,13 @@ func (r *Reconciler) drainWait(ctx context.Context, run *run, n *Node, lbHost ho
 		return err
 	}
 	limit := lb.DrainTimeout
-	// Each listing is bounded too (its socat gives up after 5 s), so a
-	// wedged HAProxy holds the drain no longer than the timeout and one try.
-	dctx, cancel := context.WithTimeout(ctx, limit+6*time.Second)
-	defer cancel()
+	// A listing that does not return (a wedged HAProxy) is cut at the
+	// timeout too: the drain never holds the node longer.
 	started := time.Now()
 	var first, last hosts.Streams
 	tries := 0
-	err = r.waitFor(dctx, limit, func() (bool, string, error) {
-		out, err := r.Fleet.Output(dctx, lbHost, show)
+	err = r.waitFor(ctx, limit, func(ctx context.Context) (bool, string, error) {
+		out, err := r.Fleet.Output(ctx, lbHost, show)
 		if err != nil {
 			return false, "", err
 		}
@@ -727,7 +797,7 @@ func (r *Reconciler) drainWait(ctx context.Context, run *run, n *Node, lbHost ho
 		return last.InFlight == 0, fmt.Sprintf("%d requests still in flight", last.InFlight), nil
 	})
 	switch {
-	case errors.Is(err, errCheckTimeout), err != nil && dctx.Err() != nil && ctx.Err() == nil:
+	case errors.Is(err, errCheckTimeout):
 		run.rec.Logf(n.Name(), "drain: %v; going on", err)
 		return nil
 	case err != nil:
@@ -740,28 +810,41 @@ func (r *Reconciler) drainWait(ctx context.Context, run *run, n *Node, lbHost ho
 
 // waitFor polls cond every interval until it holds, fails, or limit passes;
 // then the error says what cond last reported.
-func (r *Reconciler) waitFor(ctx context.Context, limit time.Duration, cond func() (bool, string, error)) error {
+func (r *Reconciler) waitFor(ctx context.Context, limit time.Duration, cond func(context.Context) (bool, string, error)) error {
 	return r.waitUntil(ctx, time.Now().Add(limit), limit, cond)
 }
 
 // waitUntil is waitFor with the deadline given; limit is what the error
-// says the wait was allowed.
-func (r *Reconciler) waitUntil(ctx context.Context, deadline time.Time, limit time.Duration, cond func() (bool, string, error)) error {
+// says the wait was allowed. Each try runs under a context that ends at
+// the deadline: a try that does not return (a command that hangs on a
+// host that answers) is cut there, and the wait times out as when its
+// condition never held.
+func (r *Reconciler) waitUntil(ctx context.Context, deadline time.Time, limit time.Duration, cond func(context.Context) (bool, string, error)) error {
+	wctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
+	state := ""
 	for {
 		tried := time.Now()
-		ok, state, err := cond()
+		ok, s, err := cond(wctx)
+		if cutBy(err, ctx, wctx) {
+			if state != "" {
+				state += "; "
+			}
+			return fmt.Errorf("%w after %v: %sthe last try did not return: %w", errCheckTimeout, limit, state, err)
+		}
 		if err != nil {
 			return err
 		}
 		if ok {
 			return nil
 		}
+		state = s
 		if time.Now().After(deadline) {
 			return fmt.Errorf("%w after %v: %s", errCheckTimeout, limit, state)
 		}
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
+			return context.Cause(ctx)
 		case <-time.After(r.pause(time.Since(tried))):
 		}
 	}
@@ -796,6 +879,8 @@ func (r *Reconciler) prune(ctx context.Context, run *run) error {
 		if err != nil {
 			return err
 		}
+		ctx, cancel := within(ctx, p.Manifest.Rollout.Timeout, "rollout.timeout", false)
+		defer cancel()
 		out, err := run.output(ctx, n.Target, c)
 		if err != nil {
 			run.rec.Logf(n.Name(), "prune: %v", err)

@@ -315,21 +315,16 @@ func (w *Worker) serve(ctx context.Context, stop <-chan struct{}) {
 	w.mu.Lock()
 	w.runCommit = head
 	w.mu.Unlock()
-	started := make(chan int64, 1)
+	// The tickets learn the deploy's ID as soon as it exists (resolving
+	// never blocks): nothing is left waiting for a deploy that a run with
+	// nothing to do never begins.
 	onBegin := func(rec *history.Recorder) {
 		w.mu.Lock()
 		d := rec.Snapshot()
 		w.running = &d
 		w.mu.Unlock()
-		started <- rec.ID()
+		resolve(TicketResult{DeployID: rec.ID()})
 	}
-	go func() {
-		select {
-		case id := <-started:
-			resolve(TicketResult{DeployID: id})
-		case <-ctx.Done():
-		}
-	}()
 	stopWatch := make(chan struct{})
 	go func() {
 		select {
