@@ -6,6 +6,8 @@ import (
 	"maps"
 	"slices"
 	"strings"
+
+	"github.com/clusterops/operator/manifests"
 )
 
 // Cmd is a command to run on a host, as data: builders return it, tests
@@ -137,7 +139,7 @@ func (c Cmd) Validate() error {
 		}
 	}
 	for _, k := range slices.Sorted(maps.Keys(c.Env)) {
-		if !validEnvName(k) {
+		if !manifests.ValidEnvName(k) {
 			errs = append(errs, fmt.Errorf("environment name %q is not a shell variable name", k))
 		}
 		if strings.IndexByte(c.Env[k], 0) >= 0 {
@@ -148,22 +150,6 @@ func (c Cmd) Validate() error {
 		errs = append(errs, errors.New("directory holds a NUL byte"))
 	}
 	return errors.Join(errs...)
-}
-
-func validEnvName(k string) bool {
-	if k == "" {
-		return false
-	}
-	for i := 0; i < len(k); i++ {
-		ch := k[i]
-		switch {
-		case ch == '_', ch >= 'A' && ch <= 'Z', ch >= 'a' && ch <= 'z':
-		case ch >= '0' && ch <= '9' && i > 0:
-		default:
-			return false
-		}
-	}
-	return true
 }
 
 // localPath makes a relative path start with "./", so that no command reads

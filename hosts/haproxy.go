@@ -3,10 +3,10 @@ package hosts
 import (
 	"encoding/csv"
 	"fmt"
-	"path"
-	"regexp"
 	"strconv"
 	"strings"
+
+	"github.com/clusterops/operator/manifests"
 )
 
 // HAProxy builds the commands that drive HAProxy's runtime API through its
@@ -16,10 +16,6 @@ type HAProxy struct {
 	// Socket is the absolute path of the admin socket.
 	Socket string
 }
-
-// haproxyName is what a backend or server name may hold: HAProxy's own
-// identifier characters, so no name can smuggle a second runtime command.
-var haproxyName = regexp.MustCompile(`^[A-Za-z0-9_.:-]{1,64}$`)
 
 const haproxyScript = `printf "%s\n" "$2" | socat -t 5 stdio "unix-connect:$1"`
 
@@ -31,7 +27,7 @@ func (h HAProxy) command(line string) (Cmd, error) {
 }
 
 func (h HAProxy) checkSocket() error {
-	if !path.IsAbs(h.Socket) || strings.ContainsAny(h.Socket, ",:!\n\x00 ") {
+	if !manifests.ValidHAProxySocket(h.Socket) {
 		return fmt.Errorf("haproxy socket %q: want an absolute path without , : ! or spaces", h.Socket)
 	}
 	return nil
@@ -40,7 +36,7 @@ func (h HAProxy) checkSocket() error {
 // SetState returns the command that sets server's admin state in backend:
 // "drain" (no new sessions, current ones finish), "ready" or "maint".
 func (h HAProxy) SetState(backend, server, state string) (Cmd, error) {
-	if !haproxyName.MatchString(backend) || !haproxyName.MatchString(server) {
+	if !manifests.HAProxyName.MatchString(backend) || !manifests.HAProxyName.MatchString(server) {
 		return Cmd{}, fmt.Errorf("haproxy server %q/%q: names may hold letters, digits, _ . : -", backend, server)
 	}
 	switch state {
@@ -61,7 +57,7 @@ func (h HAProxy) SetState(backend, server, state string) (Cmd, error) {
 // On a server without checks `health up` answers nothing and does nothing
 // (verified with HAProxy 2.6).
 func (h HAProxy) Ready(backend, server string) (Cmd, error) {
-	if !haproxyName.MatchString(backend) || !haproxyName.MatchString(server) {
+	if !manifests.HAProxyName.MatchString(backend) || !manifests.HAProxyName.MatchString(server) {
 		return Cmd{}, fmt.Errorf("haproxy server %q/%q: names may hold letters, digits, _ . : -", backend, server)
 	}
 	s := backend + "/" + server
@@ -80,7 +76,7 @@ func CheckSet(out []byte) error {
 // ShowServersState returns the command that prints backend's servers as
 // HAProxy keeps them (`show servers state`); ParseDrained reads it.
 func (h HAProxy) ShowServersState(backend string) (Cmd, error) {
-	if !haproxyName.MatchString(backend) {
+	if !manifests.HAProxyName.MatchString(backend) {
 		return Cmd{}, fmt.Errorf("haproxy backend %q: names may hold letters, digits, _ . : -", backend)
 	}
 	return h.command("show servers state " + backend)
@@ -214,7 +210,7 @@ awk '/^0x[0-9a-f]+: / { id = $1; sub(/:$/, "", id) } /^  txn=/ { sub(/^  /, "");
 // ShowStreams returns the command that lists server's streams in backend
 // for ParseStreams: tunnels by id, other streams with their HTTP states.
 func (h HAProxy) ShowStreams(backend, server string) (Cmd, error) {
-	if !haproxyName.MatchString(backend) || !haproxyName.MatchString(server) {
+	if !manifests.HAProxyName.MatchString(backend) || !manifests.HAProxyName.MatchString(server) {
 		return Cmd{}, fmt.Errorf("haproxy server %q/%q: names may hold letters, digits, _ . : -", backend, server)
 	}
 	if err := h.checkSocket(); err != nil {

@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/clusterops/operator/manifests"
 	"github.com/klauspost/compress/gzip"
 )
 
@@ -86,7 +87,7 @@ func ParseIndex(data []byte) (Index, error) {
 		default:
 			return nil, fmt.Errorf("release index line %d: kind %q, want d or f", n, kind)
 		}
-		if p, ok := indexPath(rest); !ok || p != rest {
+		if p, ok := manifests.CleanIndexPath(rest); !ok || p != rest {
 			return nil, fmt.Errorf("release index line %d: path %q", n, rest)
 		}
 		ix[rest] = e
@@ -95,19 +96,6 @@ func ParseIndex(data []byte) (Index, error) {
 		return nil, fmt.Errorf("release index: %w", err)
 	}
 	return ix, nil
-}
-
-// indexPath cleans a tarball member's name into an Index path; false for a
-// name a delta cannot carry safely (absolute, leaving the release, or
-// holding a character that sha256sum's check format or the line format
-// would read otherwise).
-func indexPath(name string) (string, bool) {
-	p := path.Clean(strings.TrimPrefix(name, "./"))
-	if p == "." || p == "" || path.IsAbs(p) || p == ".." || strings.HasPrefix(p, "../") ||
-		strings.ContainsAny(p, "\n\r\\\x00") {
-		return p, false
-	}
-	return p, true
 }
 
 // ErrNoDelta says an artifact holds something a delta does not carry (a
@@ -305,7 +293,7 @@ func readMembers(r io.Reader, links []string, limits DeltaLimits, members chan<-
 			send(member{err: fmt.Errorf("read artifact: %w", err)})
 			return
 		}
-		p, ok := indexPath(hdr.Name)
+		p, ok := manifests.CleanIndexPath(hdr.Name)
 		if p == "." && hdr.Typeflag == tar.TypeDir {
 			continue
 		}

@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/clusterops/operator/manifests"
 )
 
 // Layout builds the commands that manage the release layout under one
@@ -37,13 +39,7 @@ type Release struct {
 }
 
 func (l Layout) root() (string, error) {
-	if !path.IsAbs(l.DeployTo) {
-		return "", fmt.Errorf("deploy_to %q is not an absolute path", l.DeployTo)
-	}
-	if strings.ContainsAny(l.DeployTo, "\x00") {
-		return "", fmt.Errorf("deploy_to %q holds a NUL byte", l.DeployTo)
-	}
-	return path.Clean(l.DeployTo), nil
+	return manifests.CleanDeployTo(l.DeployTo)
 }
 
 // Releases returns the directory that holds every release.
@@ -75,22 +71,6 @@ func validRelease(name string) error {
 		return fmt.Errorf("release name %q holds a slash, newline or NUL", name)
 	}
 	return nil
-}
-
-// relPath cleans p and refuses it unless it stays inside the directory it is
-// relative to: a manifest path must never reach outside a release.
-func relPath(p string) (string, error) {
-	if strings.IndexByte(p, 0) >= 0 {
-		return "", fmt.Errorf("path %q holds a NUL byte", p)
-	}
-	if path.IsAbs(p) {
-		return "", fmt.Errorf("path %q is absolute, want one relative to the release", p)
-	}
-	c := path.Clean(p)
-	if c == "." || c == ".." || strings.HasPrefix(c, "../") {
-		return "", fmt.Errorf("path %q leaves the release directory", p)
-	}
-	return c, nil
 }
 
 // script makes the Cmd that runs one of this package's constant scripts with
@@ -190,7 +170,7 @@ func (l Layout) LinkShared(name string, paths []string) (Cmd, error) {
 func linkArgs(links []string) ([]string, error) {
 	var args []string
 	for _, p := range links {
-		c, err := relPath(p)
+		c, err := manifests.CleanReleasePath(p)
 		if err != nil {
 			return nil, fmt.Errorf("link %w", err)
 		}
@@ -261,12 +241,12 @@ func (l Layout) WriteFile(name, rel string, mode fs.FileMode, sum string) (Cmd, 
 	if err := validRelease(name); err != nil {
 		return Cmd{}, err
 	}
-	c, err := relPath(rel)
+	c, err := manifests.CleanReleasePath(rel)
 	if err != nil {
 		return Cmd{}, fmt.Errorf("file %w", err)
 	}
 	index := l.IndexPath(name)
-	if _, ok := indexPath(c); !ok {
+	if _, ok := manifests.CleanIndexPath(c); !ok {
 		index = "" // no index holds such a path (Deltas refuses it)
 	}
 	return named("write-file", writeRenderedScript, fileArg(path.Join(l.ReleaseDir(name), c)), fmt.Sprintf("%04o", mode.Perm()), sum, index, c), nil

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/klauspost/compress/gzip"
+
+	"github.com/clusterops/operator/manifests"
 )
 
 const receiveScript = `set -e
@@ -333,7 +335,7 @@ func NodeFiles(files map[string][]byte) ([]byte, error) {
 	tw := tar.NewWriter(zw)
 	now := time.Now().Truncate(time.Second)
 	for _, name := range slices.Sorted(maps.Keys(files)) {
-		p, ok := indexPath(name)
+		p, ok := manifests.CleanIndexPath(name)
 		if !ok || p != name {
 			return nil, fmt.Errorf("node file %q: want a clean relative path", name)
 		}

@@ -6,6 +6,8 @@ import (
 	"path"
 	"regexp"
 	"strings"
+
+	"github.com/clusterops/operator/manifests"
 )
 
 // Workspace builds the commands that manage the build host's persistent
@@ -61,10 +63,10 @@ var (
 )
 
 func (w Workspace) check() error {
-	if w.Dir == "" || strings.IndexByte(w.Dir, 0) >= 0 || strings.Contains(w.Dir, "\n") {
+	if w.Dir == "" || strings.ContainsAny(w.Dir, "\x00\n") {
 		return fmt.Errorf("build dir %q is empty or holds a NUL or newline", w.Dir)
 	}
-	if c := w.dir(); c == "." || c == "/" || c == ".." || strings.HasPrefix(c, "../") {
+	if !manifests.ValidBuildDir(w.Dir) {
 		return fmt.Errorf("build dir %q is not a directory of its own", w.Dir)
 	}
 	return nil
@@ -284,10 +286,8 @@ func (w Workspace) checkGlob(glob string) error {
 	if err := w.check(); err != nil {
 		return err
 	}
-	if _, err := path.Match(glob, ""); err != nil || !globRE.MatchString(glob) || path.IsAbs(glob) {
+	if !manifests.ValidArtifactGlob(glob) {
 		return fmt.Errorf("artifact pattern %q: want a relative glob of plain path characters", glob)
 	}
 	return nil
 }
-
-var globRE = regexp.MustCompile(`^[A-Za-z0-9_.+@%,=:/*?\[\]-]+$`)

@@ -283,16 +283,7 @@ func TestOperatorKilledMidRolloutConverges(t *testing.T) {
 	}
 	// Let it get into a node's restart, then kill it hard.
 	f.runKilledOperator(t, "rollout 2/3", 700*time.Millisecond)
-	// The killed deploy is marked interrupted when the history is opened
-	// again, and a new operator converges from what the hosts say.
-	hist, err := history.Open(f.state)
-	if err != nil {
-		t.Fatal(err)
-	}
-	list, _ := hist.List(1)
-	if len(list) == 0 || list[0].Result != history.Interrupted {
-		t.Fatalf("the killed deploy is recorded as %+v, want interrupted", list)
-	}
+	// A new operator converges from what the hosts say.
 	pool, _, r, err := newOperator(f.repo.Bare, f.state, f.bed.ClientKey, f.bed.KnownHosts, t.Output(), func(line string) { t.Log("rerun: " + line) })
 	if err != nil {
 		t.Fatal(err)

@@ -233,14 +233,7 @@ func TestFaultMatrix(t *testing.T) {
 		}
 		f.pool.Close() // the killed operator works on this state alone
 		f.runKilledOperator(t, "rollout: n1 failed", 500*time.Millisecond)
-		hist, err := history.Open(f.state)
-		if err != nil {
-			t.Fatal(err)
-		}
-		list, _ := hist.List(1)
-		if len(list) == 0 || list[0].Result != history.Interrupted {
-			t.Fatalf("the killed deploy is recorded as %+v, want interrupted", list)
-		}
+		var err error
 		f.pool, f.hist, f.r, err = newOperatorWith(f.repo.Bare, f.state, f.bed.ClientKey, f.bed.KnownHosts, t.Output(),
 			func(line string) { t.Log("rerun: " + line) }, nil)
 		if err != nil {
@@ -286,7 +279,8 @@ func (f *fixture) beamPIDs() map[string]string {
 
 // runKilledOperator runs an operator in a process of its own on the
 // fixture's state, lets it deploy the head, and kills it (SIGKILL) after
-// the given delay once it prints a progress line starting with killAt.
+// the given delay once it prints a progress line starting with killAt; the
+// history must then record that deploy as interrupted.
 func (f *fixture) runKilledOperator(t *testing.T, killAt string, after time.Duration) {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperOperator$")
@@ -310,5 +304,15 @@ func (f *fixture) runKilledOperator(t *testing.T, killAt string, after time.Dura
 	cmd.Wait()
 	if !killed {
 		t.Fatalf("the operator ended without printing %q", killAt)
+	}
+	// The killed deploy is marked interrupted when the history is opened
+	// again.
+	hist, err := history.Open(f.state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	list, _ := hist.List(1)
+	if len(list) == 0 || list[0].Result != history.Interrupted {
+		t.Fatalf("the killed deploy is recorded as %+v, want interrupted", list)
 	}
 }
